@@ -1,0 +1,24 @@
+# Third-party packages. All come from Debian (scripts/setup installs them) or,
+# on the GPU machine, from the PyTorch wheel (CMAKE_PREFIX_PATH) plus unpacked .debs.
+find_package(Torch REQUIRED)
+find_package(fmt REQUIRED)
+find_package(yaml-cpp REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+add_library(sentencepiece::sentencepiece ALIAS PkgConfig::SENTENCEPIECE)
+add_library(PCRE2::pcre2 ALIAS PkgConfig::PCRE2)
+
+# LibTorch exports TORCH_LIBRARIES + TORCH_CXX_FLAGS rather than a target.
+add_library(torch_cpu_only INTERFACE)
+target_link_libraries(torch_cpu_only INTERFACE ${TORCH_LIBRARIES})
+separate_arguments(_dsk_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
+target_compile_options(torch_cpu_only INTERFACE ${_dsk_torch_flags})
+
+find_program(CCACHE_PROGRAM ccache)
+if(CCACHE_PROGRAM)
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+endif()

@@ -1,0 +1,36 @@
+// LlamaConfig — the hyper-parameters of a Llama-family decoder (Llama 2/3, Mistral, Qwen2,
+// llama2.c). Field names follow Hugging Face's config.json where one exists.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace dsk::models {
+
+// How rotary embeddings pair up the dimensions of a head.
+//   Interleaved: (x0,x1),(x2,x3),...  — llama2.c / Meta's original checkpoints.
+//   Half:        (x0,x_{d/2}),...     — Hugging Face transformers (q/k weights permuted).
+enum class RopeStyle { Interleaved, Half };
+
+struct LlamaConfig {
+  int64_t hidden_size = 0;              // dim
+  int64_t intermediate_size = 0;        // SwiGLU hidden dim
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;      // GQA: divides num_attention_heads
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 0;  // the longest sequence the model supports
+  double rms_norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  bool tie_word_embeddings = false;     // lm_head shares embed_tokens.weight
+  bool attention_bias = false;          // q/k/v projections carry a bias (Qwen2)
+  RopeStyle rope_style = RopeStyle::Half;
+  int64_t bos_token_id = 1;
+  int64_t eos_token_id = 2;
+  std::string torch_dtype = "float32";  // dtype the weights were stored in
+  std::string model_type = "llama";     // "llama" | "qwen2" | "mistral"
+
+  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+};
+
+}  // namespace dsk::models

@@ -1,0 +1,43 @@
+// Helpers shared by the test binaries: test data paths, scratch directories, running the CLI.
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+namespace dsk::test {
+
+// A file under the data/ folder that scripts/get-data fills. Skips the test with a
+// clear message when it is absent (tests/ never download).
+inline std::string data_path(const std::string& name) {
+  std::filesystem::path p = std::filesystem::path(DSK_DATA_DIR) / name;
+  if (!std::filesystem::exists(p)) FAIL("test data " << p << " missing: run scripts/get-data");
+  return p.string();
+}
+
+// A fresh, empty scratch directory unique to this test name.
+inline std::filesystem::path scratch_dir(const std::string& name) {
+  std::filesystem::path p = std::filesystem::path(DSK_TEST_TMP) / name;
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p;
+}
+
+struct CmdResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs a shell command line, capturing stdout and stderr separately.
+CmdResult run_cmd(const std::string& cmdline);
+
+// Path of the dsk binary under test.
+inline std::string dsk_bin() {
+  const char* env = std::getenv("DSK_BIN");
+  return env ? env : DSK_BIN;
+}
+
+}  // namespace dsk::test
