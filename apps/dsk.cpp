@@ -1,11 +1,183 @@
-// dsk — the command-line entry point. Holds the subcommand table and is the only place
-// that catches dsk::Error: it prints one line to stderr and returns the documented code.
-#include <cstdio>
-#include <string>
+// dsk — the command-line entry point: the subcommand table (dispatch, --help, did-you-mean)
+// and the only place that catches dsk::Error, printing one line per problem on stderr and
+// returning the documented exit code (docs/cli.md).
+#include <CLI/CLI.hpp>
 
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
 #include "core/error.h"
+#include "core/log.h"
+#include "core/signals.h"
+#include "stages/stages.h"
+
+namespace {
+
+using dsk::config::Config;
+using dsk::config::Schema;
+
+// A subcommand driven by a YAML config: `dsk NAME CFG [key=value ...]`.
+struct Command {
+  const char* name;
+  const char* summary;
+  const Schema& (*schema)();
+  int (*run)(const Config&);
+};
+
+const Command kCommands[] = {
+    {"finetune", "fine-tune a model, fully or with LoRA", dsk::stages::finetune_schema, dsk::stages::run_finetune},
+    {"eval", "mean token NLL and perplexity of a model on a dataset", dsk::stages::eval_schema,
+     dsk::stages::run_eval},
+    {"generate", "generate text with a KV cache (greedy or sampled)", dsk::stages::generate_schema,
+     dsk::stages::run_generate},
+};
+
+const Command* find_command(const std::string& name) {
+  for (const auto& c : kCommands)
+    if (name == c.name) return &c;
+  return nullptr;
+}
+
+std::vector<std::string> command_names() {
+  std::vector<std::string> names;
+  for (const auto& c : kCommands) names.push_back(c.name);
+  names.push_back("validate");
+  return names;
+}
+
+void print_usage(FILE* out) {
+  std::fprintf(out,
+               "dsk %s — fine-tune and compress transformer language models\n\n"
+               "usage: dsk SUBCOMMAND CONFIG.yaml [key=value ...] [~key ...]\n\n"
+               "subcommands:\n",
+               DSK_VERSION);
+  for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+  std::fprintf(out, "  %-10s %s\n", "validate", "check a config without running it (all errors at once)");
+  std::fprintf(out,
+               "\nRun 'dsk SUBCOMMAND --help' for its config keys. Overrides: key=value sets, ~key deletes;\n"
+               "strings may use ${VAR} or ${VAR:-default}. Exit codes: 0 ok, 1 failure, 2 bad usage or\n"
+               "config, 130/143 interrupted (checkpoint saved). Docs: docs/cli.md, docs/config-reference.md\n");
+}
+
+// Reports an error: one line per problem, each prefixed with the subcommand.
+int report(const std::string& where, const dsk::Error& e) {
+  std::string text = e.line();
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t nl = text.find('\n', start);
+    std::string line = text.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    std::fprintf(stderr, "%s: error: %s\n", where.c_str(), line.c_str());
+    if (nl == std::string::npos) break;
+    start = nl + 1;
+  }
+  return e.exit_code();
+}
+
+// The config file's first comment names the command that runs it: "# dsk finetune configs/x.yaml".
+std::string stage_from_first_comment(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "r");
+  if (!f) return "";
+  char buf[512] = {0};
+  std::string stage;
+  while (std::fgets(buf, sizeof buf, f)) {
+    std::string line(buf);
+    if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    if (line[0] != '#') break;
+    size_t p = line.find("dsk ");
+    if (p != std::string::npos) {
+      size_t s = p + 4, e = line.find_first_of(" \t\r\n", s);
+      stage = line.substr(s, e == std::string::npos ? std::string::npos : e - s);
+      break;
+    }
+  }
+  std::fclose(f);
+  return stage;
+}
+
+// dsk NAME CFG [overrides] / dsk validate CFG [--as NAME] [overrides]
+int run_config_command(const std::string& name, int argc, char** argv) {
+  const bool validate_only = name == "validate";
+  const Command* cmd = validate_only ? nullptr : find_command(name);
+  std::string cfg_path, as_stage;
+  std::vector<std::string> overrides;
+  CLI::App app{validate_only ? "check a config without running it; every error is reported at once"
+                             : cmd->summary,
+               "dsk " + name};
+  app.add_option("config", cfg_path, "YAML config file")->required();
+  app.add_option("overrides", overrides, "key=value to set a key, ~key to delete one");
+  if (validate_only) {
+    app.add_option("--as", as_stage,
+                   "the subcommand whose schema to check against (default: from the config's first "
+                   "comment, '# dsk SUBCOMMAND ...')");
+  } else {
+    app.footer("config keys:\n" + cmd->schema().help_text());
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    std::fputs(app.help().c_str(), stdout);
+    return dsk::kExitOk;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "dsk %s: error: %s (see 'dsk %s --help')\n", name.c_str(), e.what(), name.c_str());
+    return dsk::kExitUsage;
+  }
+  try {
+    if (validate_only) {
+      if (as_stage.empty()) as_stage = stage_from_first_comment(cfg_path);
+      cmd = find_command(as_stage);
+      if (!cmd) {
+        dsk::fail_usage_hint(
+            as_stage.empty() ? "cannot tell which subcommand '" + cfg_path + "' is for"
+                             : "unknown subcommand '" + as_stage + "'",
+            "pass --as finetune|eval|generate, or start the config with a comment '# dsk SUBCOMMAND ...'");
+      }
+    }
+    Config cfg = dsk::config::load_config(cmd->schema(), cfg_path, overrides);
+    if (validate_only) {
+      std::printf("%s: ok (dsk %s, %zu keys)\n", cfg_path.c_str(), cmd->name, cmd->schema().keys().size());
+      return dsk::kExitOk;
+    }
+    dsk::signals::install_handlers();
+    return cmd->run(cfg);
+  } catch (const dsk::Error& e) {
+    return report("dsk " + name, e);
+  }
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  std::printf("dsk %s\n", DSK_VERSION);
-  return 0;
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    print_usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? dsk::kExitUsage : dsk::kExitOk;
+  }
+  std::string name = argv[1];
+  if (name == "--version" || name == "-V" || name == "version") {
+    std::printf("dsk %s\n", DSK_VERSION);
+    return dsk::kExitOk;
+  }
+  try {
+    if (name == "config-docs") {  // hidden: renders docs/config-reference.md
+      std::printf("# Config reference\n\n<!-- @generated by `dsk config-docs`; do not edit. "
+                  "scripts/gen-docs rewrites it and tests/stages checks it is current. -->\n\n"
+                  "Every key each subcommand accepts. Types: int, float, bool, string, path, a|b "
+                  "(one of), lists as `[a, b]` or `a,b`. See docs/cli.md for overrides and ${VAR}.\n\n");
+      for (const auto& c : kCommands) std::printf("%s\n", c.schema().markdown().c_str());
+      return dsk::kExitOk;
+    }
+    if (name == "validate" || find_command(name)) return run_config_command(name, argc - 1, argv + 1);
+  } catch (const dsk::Error& e) {
+    return report("dsk " + name, e);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dsk %s: error: internal: %s (please report this)\n", name.c_str(), e.what());
+    return dsk::kExitRuntime;
+  }
+  std::string guess = dsk::config::did_you_mean(name, command_names());
+  std::fprintf(stderr, "dsk: error: unknown subcommand '%s'%s (see 'dsk --help')\n", name.c_str(),
+               guess.empty() ? "" : ("; did you mean '" + guess + "'?").c_str());
+  return dsk::kExitUsage;
 }

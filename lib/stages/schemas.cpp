@@ -1,0 +1,174 @@
+// The config schema of every stage: the one place that declares keys, types, defaults and help.
+// Component keys (optimizer, schedule) come from their registries in lib/train.
+#include "config/config.h"
+#include "stages/stages.h"
+#include "train/optim.h"
+#include "train/schedule.h"
+
+namespace dsk::stages {
+namespace {
+
+using config::KeySpec;
+using config::Schema;
+using config::Type;
+
+Type type_from_registry(const std::string& t) {
+  if (t == "float") return Type::Float;
+  if (t == "int") return Type::Int;
+  if (t == "bool") return Type::Bool;
+  if (t == "float_pair" || t == "floats") return Type::FloatList;
+  return Type::String;
+}
+
+void add_model_keys(Schema& s) {
+  s.add_required("model.path", Type::Path, "Hugging Face model directory or llama2.c .bin checkpoint");
+  s.add("tokenizer.path", Type::Path, "~",
+        "tokenizer.model / tokenizer.json (default: the one inside model.path)");
+  s.add_enum("device", {"auto", "cpu", "cuda"}, "auto", "where to run (auto: cuda when available)");
+  s.add_enum("dtype", {"fp32", "bf16", "fp16"}, "fp32", "compute dtype of the model");
+  s.add("seed", Type::Int, "0", "random seed (same seed + config -> same results on CPU)");
+  s.add("threads", Type::Int, "0", "CPU threads for compute (0: all cores)");
+}
+
+void add_data_source(Schema& s, const std::string& prefix, bool required) {
+  if (required)
+    s.add_required(prefix + ".path", Type::Path, "data file");
+  else
+    s.add(prefix + ".path", Type::Path, "~", "data file (unset: split off the training data)");
+  s.add_enum(prefix + ".format", {"text", "jsonl", "tokens"}, "text",
+             "text: documents split by `separator`; jsonl: `text` or prompt/response fields; "
+             "tokens: pre-tokenized ids (.bin int32, .u16 uint16)");
+  s.add(prefix + ".separator", Type::String, "\"\\n\\n\"",
+        "text format: document separator (\"\\n\\n\" blank line, \"\\n\" one per line, "
+        "\"<|endoftext|>\", \"\" whole file)");
+  s.add(prefix + ".text_field", Type::String, "text", "jsonl: field holding plain text");
+  s.add(prefix + ".prompt_field", Type::String, "prompt", "jsonl: prompt field (loss masked)");
+  s.add(prefix + ".response_field", Type::String, "response", "jsonl: response field (loss on these tokens)");
+  s.add_enum(prefix + ".chat_template", {"none", "chatml", "llama2", "alpaca"}, "none",
+             "jsonl prompt/response: how a pair is rendered to text");
+}
+
+void add_data_keys(Schema& s, bool train) {
+  if (train) add_data_source(s, "data.train", true);
+  add_data_source(s, "data.eval", !train);
+  s.add("data.seq_len", Type::Int, "256", "tokens per training window (at most the model's maximum)");
+  s.add("data.add_bos", Type::Bool, "true", "prepend BOS to every document");
+  s.add("data.add_eos", Type::Bool, "true", "append EOS to every document");
+  if (train) {
+    s.add("data.pack", Type::Bool, "true", "pack documents into full windows (false: one document per window)");
+    s.add("data.eval_fraction", Type::Float, "0.05",
+          "share of training documents held out for eval when data.eval.path is unset");
+  } else {
+    s.add("data.stride", Type::Int, "0",
+          "eval windowing: tokens advanced per window (0: seq_len, non-overlapping); see docs/data.md");
+  }
+}
+
+void add_generate_keys(Schema& s) {
+  s.add("generate.prompt", Type::String, "\"\"", "text to continue (BOS is prepended)");
+  s.add("generate.max_new_tokens", Type::Int, "128", "tokens to generate at most (stops at EOS)");
+  s.add("generate.temperature", Type::Float, "0.0", "0 = greedy; otherwise softmax temperature");
+  s.add("generate.top_k", Type::Int, "0", "keep the k most likely tokens (0: off)");
+  s.add("generate.top_p", Type::Float, "1.0", "nucleus sampling mass (1.0: off)");
+}
+
+// optim.name selects an optimizer; each registry key becomes optim.<key> valid only for
+// the optimizers that declare it.
+void add_registry_keys(Schema& s, const std::string& section, const std::vector<train::ComponentInfo>& reg,
+                       const std::string& default_name, const std::string& help) {
+  std::vector<std::string> names;
+  for (const auto& c : reg) names.push_back(c.name);
+  s.add_enum(section + ".name", names, default_name, help);
+  // A key shared by several components is declared once, valid for all of them.
+  std::vector<std::string> order;
+  std::map<std::string, KeySpec> specs;
+  for (const auto& c : reg) {
+    for (const auto& p : c.params) {
+      std::string key = section + "." + p.key;
+      auto it = specs.find(key);
+      if (it == specs.end()) {
+        KeySpec k;
+        k.key = key;
+        k.type = type_from_registry(p.type);
+        k.default_value = p.default_value;
+        k.help = p.help;
+        k.when_key = section + ".name";
+        order.push_back(key);
+        it = specs.emplace(key, k).first;
+      }
+      it->second.when_values.push_back(c.name);
+    }
+  }
+  for (const auto& key : order) {
+    KeySpec k = specs[key];
+    if (k.when_values.size() == names.size()) k.when_key.clear(), k.when_values.clear();
+    s.add(k);
+  }
+}
+
+Schema make_finetune_schema() {
+  Schema s("finetune", "Fine-tune a model, fully or with LoRA, on text/JSONL/token data.");
+  add_model_keys(s);
+  add_data_keys(s, true);
+  s.add_required("output_dir", Type::Path, "everything the run writes goes here");
+  s.add_enum("method", {"lora", "full"}, "lora", "full: train every (unfrozen) weight; lora: low-rank adapters");
+  s.add("max_steps", Type::Int, "~", "optimizer steps to run (unset: from epochs)");
+  s.add("epochs", Type::Float, "1", "passes over the training data when max_steps is unset");
+  s.add("batch_size", Type::Int, "8", "windows per micro-batch (per process)");
+  s.add("grad_accum", Type::Int, "1", "micro-batches accumulated per optimizer step");
+  s.add("clip_grad_norm", Type::Float, "1.0", "clip the global gradient norm to this (0: off)");
+  s.add("resume", Type::String, "false",
+        "false: refuse a non-empty output_dir; auto: continue from its newest checkpoint; or a checkpoint path");
+  s.add("lora.rank", Type::Int, "8", "LoRA rank r");
+  s.add("lora.alpha", Type::Float, "16", "LoRA alpha (updates are scaled by alpha/r)");
+  s.add("lora.dropout", Type::Float, "0.0", "dropout on the LoRA input");
+  s.add("lora.targets", Type::StringList, "[q_proj, k_proj, v_proj, o_proj]",
+        "modules that get adapters: names (q_proj) or globs on the full name (*.mlp.*)");
+  s.add("freeze.layers", Type::String, "\"\"", "decoder layers to freeze, e.g. \"0-3\" or \"0,2,5\"");
+  s.add("freeze.patterns", Type::StringList, "[]", "globs of parameter names to freeze (full method)");
+  s.add("freeze.embeddings", Type::Bool, "false", "freeze the token embeddings (full method)");
+  s.add("optim.lr", Type::Float, "3e-4", "peak learning rate");
+  add_registry_keys(s, "optim", train::optimizer_registry(), "adamw", "optimizer");
+  add_registry_keys(s, "schedule", train::schedule_registry(), "cosine", "learning-rate schedule");
+  s.add("eval.every", Type::Int, "0", "evaluate every N steps (0: only before and after training)");
+  s.add("eval.max_batches", Type::Int, "0", "batches per evaluation (0: the whole eval set)");
+  s.add("checkpoint.every", Type::Int, "0", "save a checkpoint every N steps (0: only at the end)");
+  s.add("checkpoint.keep_last", Type::Int, "2", "checkpoints to keep (older ones are deleted)");
+  s.add("log.every", Type::Int, "10", "plain log line (when not on a terminal) every N steps");
+  s.add("save.merged", Type::Bool, "true", "lora: also write the merged model as model/");
+  return s;
+}
+
+Schema make_eval_schema() {
+  Schema s("eval", "Mean token NLL and perplexity of a model on a dataset, written to eval.json.");
+  add_model_keys(s);
+  add_data_keys(s, false);
+  s.add("batch_size", Type::Int, "8", "windows per forward pass");
+  s.add("output_dir", Type::Path, "~", "where eval.json goes (unset: only the stdout summary)");
+  s.add("max_batches", Type::Int, "0", "stop after this many batches (0: the whole set)");
+  return s;
+}
+
+Schema make_generate_schema() {
+  Schema s("generate", "Generate text with a KV cache; the text goes to stdout, logs to stderr.");
+  add_model_keys(s);
+  add_generate_keys(s);
+  return s;
+}
+
+}  // namespace
+
+const config::Schema& finetune_schema() {
+  static const Schema s = make_finetune_schema();
+  return s;
+}
+const config::Schema& eval_schema() {
+  static const Schema s = make_eval_schema();
+  return s;
+}
+const config::Schema& generate_schema() {
+  static const Schema s = make_generate_schema();
+  return s;
+}
+
+}  // namespace dsk::stages

@@ -1,0 +1,19 @@
+// The stages behind the subcommands. Each has a Schema (keys, types, defaults, help) and a
+// run function taking the resolved, validated Config. Run functions return an exit code
+// (0, or 130/143 after an interrupt saved a checkpoint) and throw dsk::Error on failure.
+#pragma once
+
+#include "config/config.h"
+
+namespace dsk::stages {
+
+const config::Schema& finetune_schema();
+int run_finetune(const config::Config& cfg);
+
+const config::Schema& eval_schema();
+int run_eval(const config::Config& cfg);
+
+const config::Schema& generate_schema();
+int run_generate(const config::Config& cfg);
+
+}  // namespace dsk::stages
