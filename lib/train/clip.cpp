@@ -1,0 +1,31 @@
+// Global-norm gradient clipping: per-gradient norms, stacked, normed once, one sync.
+#include "train/clip.h"
+
+#include <ATen/ATen.h>
+
+namespace dsk::train {
+
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads, norms;
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    grads.push_back(g);
+    norms.push_back(g.norm());
+  }
+  if (grads.empty()) return 0.0;
+  const at::Device dev = norms.front().device();
+  for (auto& n : norms) n = n.to(dev, at::kFloat);
+  const at::Tensor total = at::stack(norms).norm();  // float32 scalar, as in PyTorch
+  const double total_norm = total.item<double>();
+  if (max_norm > 0) {
+    // PyTorch: clip_coef = max_norm / (total + 1e-6), clamped to 1; multiplying by 1 is a no-op.
+    const at::Tensor coef = ((total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+    if (!(coef.item<double>() >= 1.0))
+      for (auto& g : grads) g.mul_(coef.to(g.device(), g.scalar_type()));
+  }
+  return total_norm;
+}
+
+}  // namespace dsk::train

@@ -1,0 +1,33 @@
+// Token cross-entropy with ignored targets, plain and chunked over the lm_head.
+//
+// Both return the mean over the targets that are not ignore_index, and their count (so that
+// gradient accumulation can weight micro-batches by tokens). With no counted target the loss is
+// 0 with a zero gradient, not NaN. fp16/bf16 logits are reduced in float32.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace dsk::train {
+
+constexpr int64_t kIgnoreIndex = -100;
+
+struct LossResult {
+  at::Tensor loss;    // 0-dim, differentiable: sum of -log p(target) / max(count, 1)
+  int64_t count = 0;  // targets != ignore_index
+};
+
+// logits [..., V], targets [...] int64 with values in [0, V) or ignore_index.
+LossResult cross_entropy(const at::Tensor& logits, const at::Tensor& targets,
+                         int64_t ignore_index = kIgnoreIndex);
+
+// The same value and gradients as cross_entropy(hidden @ weight^T, targets) without holding the
+// [N, V] logits: rows are processed `chunk_rows` at a time (0: about 8M logits per chunk). When
+// gradients are needed they are computed chunk by chunk during the forward pass and kept
+// ([N, H] for hidden, [V, H] for weight), so backward only scales them.
+// hidden [..., H], weight [V, H] (lm_head), targets [...] int64.
+LossResult chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                 int64_t chunk_rows = 0, int64_t ignore_index = kIgnoreIndex);
+
+}  // namespace dsk::train

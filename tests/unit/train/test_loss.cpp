@@ -1,0 +1,135 @@
+// Cross-entropy: the plain loss against a direct float64 formula, and the chunked lm_head loss
+// against the plain one (value and both gradients) for many chunk sizes.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <functional>
+
+#include "core/error.h"
+#include "test_util.h"
+#include "train/loss.h"
+
+using dsk::train::chunked_cross_entropy;
+using dsk::train::cross_entropy;
+using Catch::Matchers::Contains;
+
+namespace {
+
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const double scale = std::max(b.abs().max().item<double>(), 1e-30);
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / scale;
+}
+
+struct Problem {
+  at::Tensor hidden;   // [B,T,H]
+  at::Tensor weight;   // [V,H]
+  at::Tensor targets;  // [B,T]
+};
+
+Problem make_problem(at::ScalarType dt, int64_t B = 3, int64_t T = 11, int64_t H = 16, int64_t V = 37) {
+  auto gen = at::detail::createCPUGenerator(11);
+  Problem p;
+  p.hidden = at::randn({B, T, H}, gen, at::kDouble).to(dt);
+  p.weight = (at::randn({V, H}, gen, at::kDouble) * 0.5).to(dt);
+  p.targets = at::randint(0, V, {B, T}, gen, at::kLong);
+  // Ignored targets, including a whole row.
+  p.targets.index_put_({0, 0}, -100);
+  p.targets.index_put_({1, 5}, -100);
+  p.targets.index_put_({2}, -100);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("cross_entropy is the mean NLL over counted targets", "[loss]") {
+  auto gen = at::detail::createCPUGenerator(5);
+  at::Tensor logits = at::randn({2, 4, 9}, gen, at::kDouble);
+  at::Tensor targets = at::randint(0, 9, {2, 4}, gen, at::kLong);
+  targets.index_put_({1, 2}, -100);
+  auto r = cross_entropy(logits, targets);
+  CHECK(r.count == 7);
+  double sum = 0;
+  auto lg = logits.reshape({8, 9});
+  auto t = targets.reshape({8});
+  for (int64_t i = 0; i < 8; ++i) {
+    const int64_t ti = t[i].item<int64_t>();
+    if (ti == -100) continue;
+    double mx = lg[i].max().item<double>(), z = 0;
+    for (int64_t v = 0; v < 9; ++v) z += std::exp(lg[i][v].item<double>() - mx);
+    sum += mx + std::log(z) - lg[i][ti].item<double>();
+  }
+  CHECK(r.loss.item<double>() == Approx(sum / 7).epsilon(1e-12));
+  CHECK(r.loss.dim() == 0);
+}
+
+TEST_CASE("cross_entropy with nothing counted is 0 with a zero gradient", "[loss]") {
+  for (bool chunked : {false, true}) {
+    at::Tensor h = at::randn({2, 3, 4}).set_requires_grad(true);
+    at::Tensor w = at::randn({5, 4}).set_requires_grad(true);
+    at::Tensor t = at::full({2, 3}, -100, at::kLong);
+    auto r = chunked ? chunked_cross_entropy(h, w, t, 2) : cross_entropy(at::matmul(h, w.t()), t);
+    CHECK(r.count == 0);
+    CHECK(r.loss.item<double>() == 0.0);
+    r.loss.backward();
+    CHECK(h.grad().abs().sum().item<double>() == 0.0);
+    CHECK_FALSE(at::isnan(w.grad()).any().item<bool>());
+  }
+}
+
+TEST_CASE("chunked cross-entropy equals the plain one: value and gradients", "[loss]") {
+  for (at::ScalarType dt : {at::kDouble, at::kFloat}) {
+    const double tol = dt == at::kDouble ? 1e-12 : 1e-6;
+    Problem p = make_problem(dt);
+    at::Tensor h0 = p.hidden.clone().set_requires_grad(true);
+    at::Tensor w0 = p.weight.clone().set_requires_grad(true);
+    auto plain = cross_entropy(at::matmul(h0, w0.t()), p.targets);
+    plain.loss.backward();
+    CHECK(plain.count == 3 * 11 - 11 - 2);
+    for (int64_t chunk : {1, 4, 7, 33, 1000, 0}) {
+      INFO(c10::toString(dt) << " chunk " << chunk);
+      at::Tensor h = p.hidden.clone().set_requires_grad(true);
+      at::Tensor w = p.weight.clone().set_requires_grad(true);
+      auto r = chunked_cross_entropy(h, w, p.targets, chunk);
+      CHECK(r.count == plain.count);
+      CHECK(rel_err(r.loss, plain.loss) <= tol);
+      (r.loss * 2.5).backward();  // a non-unit upstream gradient is honoured
+      CHECK(rel_err(h.grad(), h0.grad() * 2.5) <= tol);
+      CHECK(rel_err(w.grad(), w0.grad() * 2.5) <= tol);
+    }
+  }
+}
+
+TEST_CASE("chunked cross-entropy with a frozen lm_head and without grad mode", "[loss]") {
+  Problem p = make_problem(at::kFloat);
+  at::Tensor h = p.hidden.clone().set_requires_grad(true);
+  auto r = chunked_cross_entropy(h, p.weight, p.targets, 5);
+  r.loss.backward();
+  at::Tensor h0 = p.hidden.clone().set_requires_grad(true);
+  cross_entropy(at::matmul(h0, p.weight.t()), p.targets).loss.backward();
+  CHECK(rel_err(h.grad(), h0.grad()) <= 1e-6);
+
+  at::NoGradGuard no_grad;
+  auto eval = chunked_cross_entropy(p.hidden, p.weight, p.targets, 3);
+  CHECK_FALSE(eval.loss.requires_grad());
+  CHECK(rel_err(eval.loss, r.loss.detach()) <= 1e-6);
+}
+
+TEST_CASE("cross-entropy rejects bad targets", "[loss]") {
+  auto message = [](const std::function<void()>& fn) -> std::string {
+    try {
+      fn();
+    } catch (const dsk::Error& e) {
+      return e.message();
+    }
+    return "";
+  };
+  at::Tensor logits = at::randn({4, 6});
+  CHECK_THAT(message([&] { cross_entropy(logits, at::tensor(std::vector<int64_t>{0, 1, 6, 2})); }),
+             Contains("outside [0, 6)"));
+  CHECK_THAT(message([&] { cross_entropy(logits, at::tensor(std::vector<int64_t>{0, 1, 2, 3}).to(at::kInt)); }),
+             Contains("targets must be int64"));
+  CHECK_THAT(message([&] { chunked_cross_entropy(at::randn({4, 5}), at::randn({6, 4}), at::zeros({4}, at::kLong)); }),
+             Contains("hidden size 5 does not match"));
+  CHECK_THAT(message([&] { cross_entropy(logits, at::zeros({3}, at::kLong)); }), Contains("3 targets for 4 rows"));
+}
