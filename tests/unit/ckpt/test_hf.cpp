@@ -3,14 +3,13 @@
 #include <ATen/ATen.h>
 
 #include <fstream>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "ckpt/hf.h"
 #include "ckpt/safetensors.h"
 #include "core/error.h"
-#include "test_util.h"
+#include "ckpt_test_util.h"
 
 using dsk::ckpt::load_hf_weights;
 using dsk::ckpt::read_hf_config;
@@ -18,6 +17,7 @@ using dsk::ckpt::save_hf_dir;
 using dsk::models::LlamaConfig;
 using Catch::Matchers::Contains;
 namespace stdfs = std::filesystem;
+using dsk::test::ckpt_error_of;
 
 namespace {
 
@@ -120,16 +120,6 @@ std::set<std::string> files_in(const stdfs::path& dir) {
   return out;
 }
 
-dsk::Error error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dsk::Error& e) {
-    return e;
-  }
-  FAIL("expected a dsk::Error");
-  return dsk::Error(dsk::Error::Kind::Runtime, "");
-}
-
 // A config.json as Hugging Face ships it for a small Llama; tests edit it.
 nlohmann::json llama_config_json() {
   return nlohmann::json::parse(R"({
@@ -194,37 +184,47 @@ TEST_CASE("a sharded save writes an index and loads back identically", "[ckpt][h
   Named weights = hf_weights(cfg, at::kFloat);
   uint64_t total = 0;
   for (const auto& w : weights) total += w.second.numel() * w.second.element_size();
-  const uint64_t limit = 4096;  // embed_tokens alone is 2048 bytes; some shards hold several tensors
-  save_hf_dir(dir.string(), cfg, weights, kMeta, limit);
+  Named stale = weights;
+  for (auto& w : stale) w.second = w.second + 1;
+  save_hf_dir(dir.string(), cfg, stale, kMeta);  // an earlier single-file save in the same directory
 
-  auto files = files_in(dir);
-  CHECK_FALSE(files.count("model.safetensors"));
-  REQUIRE(files.count("model.safetensors.index.json"));
-  auto index = read_json(dir / "model.safetensors.index.json");
-  CHECK(index["metadata"]["total_size"] == total);
-  REQUIRE(index["weight_map"].size() == weights.size());
-  std::set<std::string> shards;
-  for (const auto& [name, file] : index["weight_map"].items()) shards.insert(file.get<std::string>());
-  REQUIRE(shards.size() > 2);
-  const int n = static_cast<int>(shards.size());
-  for (int i = 1; i <= n; ++i) {
-    const std::string shard = dsk::ckpt::hf_shard_name(i, n);
-    INFO("shard " << shard);
-    CHECK(shards.count(shard));
-    auto f = dsk::ckpt::SafetensorsFile::open((dir / shard).string());
-    CHECK(f->metadata().at("format") == "pt");
-    CHECK(f->metadata().at("config_hash") == "0123abcd");
-    uint64_t bytes = 0;
-    for (const auto& t : f->tensors()) bytes += t.nbytes();
-    CHECK((bytes <= limit || f->tensors().size() == 1));
+  // 4096: every tensor fits (embed_tokens, 2048 bytes, shares a shard); 1000: embed_tokens, lm_head,
+  // and per layer q/o_proj (1024 bytes) and gate/up/down_proj (2560) exceed it: 2 + 2 * 5 shards alone.
+  for (uint64_t limit : {4096, 1000}) {
+    INFO("max_shard_bytes " << limit);
+    save_hf_dir(dir.string(), cfg, weights, kMeta, limit);
+    auto files = files_in(dir);
+    CHECK_FALSE(files.count("model.safetensors"));
+    REQUIRE(files.count("model.safetensors.index.json"));
+    auto index = read_json(dir / "model.safetensors.index.json");
+    CHECK(index["metadata"]["total_size"] == total);
+    REQUIRE(index["weight_map"].size() == weights.size());
+    std::set<std::string> shards;
+    for (const auto& [name, file] : index["weight_map"].items()) shards.insert(file.get<std::string>());
+    REQUIRE(shards.size() > 2);
+    const int n = static_cast<int>(shards.size());
+    int alone = 0;
+    for (int i = 1; i <= n; ++i) {
+      const std::string shard = dsk::ckpt::hf_shard_name(i, n);
+      INFO("shard " << shard);
+      CHECK(shards.count(shard));
+      auto f = dsk::ckpt::SafetensorsFile::open((dir / shard).string());
+      CHECK(f->metadata().at("format") == "pt");
+      CHECK(f->metadata().at("config_hash") == "0123abcd");
+      uint64_t bytes = 0;
+      for (const auto& t : f->tensors()) bytes += t.nbytes();
+      CHECK((bytes <= limit || f->tensors().size() == 1));
+      alone += bytes > limit;
+    }
+    CHECK(alone == (limit == 1000 ? 12 : 0));
+    CHECK(files.size() == shards.size() + 3);  // no shard of the earlier save is left
+    check_same_weights(load_hf_weights(dir.string()), weights);
   }
-  CHECK(files.size() == shards.size() + 3);
-  check_same_weights(load_hf_weights(dir.string()), weights);
 
   // Saving unsharded into the same directory removes the index and the shards.
-  save_hf_dir(dir.string(), cfg, weights, kMeta);
+  save_hf_dir(dir.string(), cfg, stale, kMeta);
   CHECK(files_in(dir) == std::set<std::string>{"config.json", "generation_config.json", "model.safetensors"});
-  check_same_weights(load_hf_weights(dir.string()), weights);
+  check_same_weights(load_hf_weights(dir.string()), stale);
 }
 
 TEST_CASE("a missing shard or a tensor missing from its shard is a clear error", "[ckpt][hf]") {
@@ -236,14 +236,14 @@ TEST_CASE("a missing shard or a tensor missing from its shard is a clear error",
 
   index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = second;
   write_json(dir / "model.safetensors.index.json", index);
-  auto e = error_of([&] { load_hf_weights(dir.string()); });
+  auto e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitRuntime);
   CHECK_THAT(e.message(), Contains("tensor 'model.layers.9.mlp.up_proj.weight' is listed in "
                                    "model.safetensors.index.json but not stored in the shard") &&
                               Contains(second));
 
   stdfs::remove(dir / second);
-  e = error_of([&] { load_hf_weights(dir.string()); });
+  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("shard '" + second + "'") && Contains("is missing") &&
                               Contains("model.safetensors.index.json"));
@@ -257,19 +257,19 @@ TEST_CASE("a missing shard or a tensor missing from its shard is a clear error",
 
 TEST_CASE("a missing or weightless directory is a usage error", "[ckpt][hf]") {
   auto dir = dsk::test::scratch_dir("hf_no_weights");
-  auto e = error_of([&] { load_hf_weights((dir / "absent").string()); });
+  auto e = ckpt_error_of([&] { load_hf_weights((dir / "absent").string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("does not exist"));
-  e = error_of([&] { read_hf_config((dir / "absent").string()); });
+  e = ckpt_error_of([&] { read_hf_config((dir / "absent").string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
-  e = error_of([&] { read_hf_config(dir.string()); });
+  e = ckpt_error_of([&] { read_hf_config(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("config.json"));
-  e = error_of([&] { load_hf_weights(dir.string()); });
+  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("has neither model.safetensors nor model.safetensors.index.json"));
   std::ofstream(dir / "pytorch_model.bin") << "x";
-  e = error_of([&] { load_hf_weights(dir.string()); });
+  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
   CHECK_THAT(e.hint(), Contains("safetensors only"));
 }
 
@@ -374,7 +374,7 @@ TEST_CASE("config.json missing a required field is a usage error naming field an
     auto j = llama_config_json();
     j.erase(field);
     auto dir = dir_with_config("hf_cfg_missing", j);
-    auto e = error_of([&] { read_hf_config(dir.string()); });
+    auto e = ckpt_error_of([&] { read_hf_config(dir.string()); });
     CHECK(e.exit_code() == dsk::kExitUsage);
     CHECK_THAT(e.message(), Contains((dir / "config.json").string()) &&
                                 Contains(std::string("required field \"") + field + "\" is missing"));
@@ -384,7 +384,7 @@ TEST_CASE("config.json missing a required field is a usage error naming field an
 TEST_CASE("read_hf_config rejects what dsk cannot run", "[ckpt][hf]") {
   auto usage_error = [](const std::string& name, const nlohmann::json& j) {
     auto dir = dir_with_config(name, j);
-    auto e = error_of([&] { read_hf_config(dir.string()); });
+    auto e = ckpt_error_of([&] { read_hf_config(dir.string()); });
     CHECK(e.exit_code() == dsk::kExitUsage);
     CHECK_THAT(e.message(), Contains((dir / "config.json").string()));
     return e.message();

@@ -5,18 +5,20 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
 
 #include "ckpt/safetensors.h"
 #include "core/error.h"
-#include "test_util.h"
+#include "ckpt_test_util.h"
 
 using dsk::ckpt::SafetensorsFile;
 using dsk::ckpt::save_safetensors;
 using Catch::Matchers::Contains;
 namespace stdfs = std::filesystem;
+using dsk::test::ckpt_error_of;
+using dsk::test::put;
+using dsk::test::slurp;
 
 namespace {
 
@@ -59,15 +61,6 @@ std::string raw_bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
 }
 
-std::string slurp(const stdfs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-void put(const stdfs::path& p, const std::string& bytes) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
-}
-
 uint64_t header_len_of(const std::string& file_bytes) {
   uint64_t n = 0;
   std::memcpy(&n, file_bytes.data(), 8);
@@ -84,16 +77,6 @@ std::string make_raw(const stdfs::path& dir, const std::string& header, size_t d
   stdfs::path p = dir / "raw.safetensors";
   put(p, bytes);
   return p.string();
-}
-
-dsk::Error error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const dsk::Error& e) {
-    return e;
-  }
-  FAIL("expected a dsk::Error");
-  return dsk::Error(dsk::Error::Kind::Runtime, "");
 }
 
 }  // namespace
@@ -255,10 +238,10 @@ TEST_CASE("a file written by us passes the Python checker", "[ckpt][safetensors]
 TEST_CASE("a missing file or a directory is a usage error", "[ckpt][safetensors][corrupt]") {
   auto dir = dsk::test::scratch_dir("st_missing");
   const std::string p = (dir / "absent.safetensors").string();
-  auto e = error_of([&] { SafetensorsFile::open(p); });
+  auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains(p) && Contains("does not exist"));
-  e = error_of([&] { SafetensorsFile::open(dir.string()); });
+  e = ckpt_error_of([&] { SafetensorsFile::open(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("not a regular file"));
 }
@@ -274,7 +257,7 @@ TEST_CASE("a file truncated anywhere fails at open", "[ckpt][safetensors][corrup
   const std::string p = (dir / "cut.safetensors").string();
   auto open_cut = [&](size_t keep) {
     put(p, bytes.substr(0, keep));
-    auto e = error_of([&] { SafetensorsFile::open(p); });
+    auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
     CHECK(e.exit_code() == dsk::kExitRuntime);
     CHECK_THAT(e.message(), Contains(p));
     return e.message();
@@ -321,7 +304,7 @@ TEST_CASE("bad tensor entries fail with the tensor named", "[ckpt][safetensors][
   auto dir = dsk::test::scratch_dir("st_bad_entries");
   auto open_error = [&](const std::string& header, size_t data_bytes) {
     std::string p = make_raw(dir, header, data_bytes);
-    auto e = error_of([&] { SafetensorsFile::open(p); });
+    auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
     CHECK(e.exit_code() == dsk::kExitRuntime);
     CHECK_THAT(e.message(), Contains(p));
     return e.message();
