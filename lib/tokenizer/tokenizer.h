@@ -1,7 +1,12 @@
 // Tokenizer — text <-> token ids. Two implementations behind one interface:
 //   SentencePiece .model files (libsentencepiece)       -> tokenizer/sentencepiece.cpp
-//   Hugging Face tokenizer.json byte-level BPE (GPT-2,  -> tokenizer/bpe.cpp
+//   Hugging Face tokenizer.json byte-level BPE (GPT-2,  -> tokenizer/bpe.cpp, tokenizer/hf_json.cpp
 //   Llama-3, Qwen2), and GPT-2 vocab.json + merges.txt
+// File detection, BOS/EOS rules and special tokens: docs/tokenizers.md.
+//
+// Invariants: a loaded tokenizer is immutable and its methods are safe to call from several
+// threads at once. decode() of any id sequence equals the concatenation of decode_piece() over it
+// (first token with prev = -1) whenever the result is valid UTF-8.
 #pragma once
 
 #include <cstdint>
@@ -15,21 +20,39 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   // Encodes text; optionally prepends BOS / appends EOS when the tokenizer has them.
+  // Special / added tokens written in the text ("<|endoftext|>") become their ids (BPE).
   virtual std::vector<int32_t> encode(const std::string& text, bool add_bos = false,
                                       bool add_eos = false) const = 0;
+  // Runtime error for an id outside [0, vocab_size()).
   virtual std::string decode(const std::vector<int32_t>& ids) const = 0;
-  // The text one token contributes when decoded after `prev` (for streaming output).
+  // The text one token contributes when decoded after `prev` (for streaming output);
+  // prev = -1 for the first token. SentencePiece drops the leading space of the first
+  // word after BOS / at the start; byte pieces (<0x0A>) give their byte.
   virtual std::string decode_piece(int32_t prev, int32_t id) const = 0;
   virtual int32_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;  // -1 when absent
   virtual int32_t eos_id() const = 0;  // -1 when absent
   // Id of a special / added token by its text ("<|im_start|>"), -1 when absent.
   virtual int32_t token_to_id(const std::string& token) const = 0;
+  // The vocabulary entry of an id as stored in the file ("▁Once", "ĠHello"); "" when unassigned.
+  virtual std::string id_to_token(int32_t id) const = 0;
+  // True for control / special tokens (BOS, EOS, "<|eot_id|>"): stop or skip them when generating.
+  virtual bool is_special(int32_t id) const = 0;
 };
 
-// Loads by file type: "*.model" -> SentencePiece, "tokenizer.json" -> BPE,
-// a directory -> its tokenizer.json or tokenizer.model. Usage error when missing/unknown,
-// runtime error when the file is corrupt.
+// Loads by file type: "*.model" -> SentencePiece, "*.json" -> BPE (tokenizer.json, or a GPT-2
+// vocab.json with merges.txt beside it), a directory -> its tokenizer.json, else tokenizer.model,
+// else vocab.json + merges.txt. Usage error (exit 2) when missing/unknown, runtime error (exit 1)
+// naming the file when it is corrupt.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path);
+
+// The loaders behind load_tokenizer, for callers that know the format.
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::string& model_path);
+// Hugging Face tokenizer.json (model.type "BPE", byte-level). Reads tokenizer_config.json beside
+// it, when present, for bos_token / eos_token.
+std::unique_ptr<Tokenizer> load_hf_tokenizer(const std::string& json_path);
+// GPT-2 style vocab.json + merges.txt (optional "#version" first line); GPT-2 pre-tokenizer.
+std::unique_ptr<Tokenizer> load_gpt2_tokenizer(const std::string& vocab_json_path,
+                                               const std::string& merges_txt_path);
 
 }  // namespace dsk::tok
