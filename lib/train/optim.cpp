@@ -1,12 +1,15 @@
 // Optimizers: the shared state layout and checkpoint map, the four update rules, the registry.
 //
-// Each rule has a fused single-pass loop for float32 contiguous CPU tensors (reads p, g and the
-// state once, writes them once; the scalar order of operations mirrors PyTorch's eager ops) and
-// an in-place ATen path for every other dtype or device.
+// Each rule has a fused single-pass kernel for float32 contiguous CPU tensors (reads p, g and the
+// state once, writes them once) and an in-place ATen path for every other dtype or device.
 #include "train/optim.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -49,6 +52,102 @@ bool use_fused(const at::Tensor& p, at::Tensor& g) {
 template <typename F>
 void for_elements(int64_t n, const F& body) {
   at::parallel_for(0, n, kGrain, [&](int64_t b, int64_t e) { body(b, e); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fused float32 kernels over [0, n): one pass over p, g and the state. Plain loops that GCC
+// vectorizes (SSE2; they are memory-bound), except AdamW whose sqrt only vectorizes with
+// -fno-math-errno: it has an explicit AVX2 version, chosen at run time. Every version performs
+// the same IEEE operations in the same order (no FMA), so results are bit-identical across x86
+// machines; the order mirrors PyTorch's eager ops.
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define DSK_VEC_KERNEL __attribute__((optimize("O3")))
+#else
+#define DSK_VEC_KERNEL
+#endif
+
+struct AdamWScalars {
+  float decay, b1, one_minus_b1, b2, one_minus_b2, bc2_sqrt, eps, neg_step_size;
+};
+
+void adamw_kernel_scalar(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+                         int64_t n, const AdamWScalars& k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i];
+    const float mi = m[i] * k.b1 + k.one_minus_b1 * gi;
+    const float vi = v[i] * k.b2 + k.one_minus_b2 * gi * gi;
+    const float denom = std::sqrt(vi) / k.bc2_sqrt + k.eps;
+    p[i] = p[i] * k.decay + k.neg_step_size * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DSK_HAVE_AVX2_KERNELS 1
+__attribute__((target("avx2"))) void adamw_kernel_avx2(float* p, const float* g, float* m, float* v, int64_t n,
+                                                       const AdamWScalars& k) {
+  const __m256 decay = _mm256_set1_ps(k.decay), b1 = _mm256_set1_ps(k.b1), c1 = _mm256_set1_ps(k.one_minus_b1),
+               b2 = _mm256_set1_ps(k.b2), c2 = _mm256_set1_ps(k.one_minus_b2), bc2 = _mm256_set1_ps(k.bc2_sqrt),
+               eps = _mm256_set1_ps(k.eps), step = _mm256_set1_ps(k.neg_step_size);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i);
+    const __m256 mi = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(m + i), b1), _mm256_mul_ps(c1, gi));
+    const __m256 vi = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(v + i), b2), _mm256_mul_ps(_mm256_mul_ps(c2, gi), gi));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+    const __m256 pi = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(p + i), decay),
+                                    _mm256_div_ps(_mm256_mul_ps(step, mi), denom));
+    _mm256_storeu_ps(p + i, pi);
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+  }
+  adamw_kernel_scalar(p + i, g + i, m + i, v + i, n - i, k);
+}
+#endif
+
+void adamw_kernel(float* p, const float* g, float* m, float* v, int64_t n, const AdamWScalars& k) {
+#ifdef DSK_HAVE_AVX2_KERNELS
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return adamw_kernel_avx2(p, g, m, v, n, k);
+#endif
+  adamw_kernel_scalar(p, g, m, v, n, k);
+}
+
+struct SGDScalars {
+  float weight_decay, momentum, one_minus_dampening, neg_lr;
+};
+
+// buf == nullptr: no momentum. first: the buffer starts as d (PyTorch clones it).
+template <bool kDecay, bool kNesterov, bool kFirst>
+DSK_VEC_KERNEL void sgd_momentum_kernel(float* __restrict p, const float* __restrict g, float* __restrict buf,
+                                         int64_t n, SGDScalars k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = kDecay ? g[i] + k.weight_decay * p[i] : g[i];
+    const float b = kFirst ? d : buf[i] * k.momentum + k.one_minus_dampening * d;
+    buf[i] = b;
+    p[i] = p[i] + k.neg_lr * (kNesterov ? d + k.momentum * b : b);
+  }
+}
+
+DSK_VEC_KERNEL void sgd_plain_kernel(float* __restrict p, const float* __restrict g, int64_t n, SGDScalars k) {
+  for (int64_t i = 0; i < n; ++i) p[i] = p[i] + k.neg_lr * (g[i] + k.weight_decay * p[i]);
+}
+
+struct LionScalars {
+  float decay, b1, one_minus_b1, b2, one_minus_b2, neg_lr;
+};
+
+DSK_VEC_KERNEL void lion_kernel(float* __restrict p, const float* __restrict g, float* __restrict m, int64_t n,
+                                 LionScalars k) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float gi = g[i], mi = m[i];
+    const float c = mi * k.b1 + k.one_minus_b1 * gi;
+    const float sign = static_cast<float>(c > 0.f) - static_cast<float>(c < 0.f);
+    p[i] = p[i] * k.decay + k.neg_lr * sign;
+    m[i] = mi * k.b2 + k.one_minus_b2 * gi;
+  }
 }
 
 void check_range(bool ok, const char* key, double value, const char* want) {
@@ -201,21 +300,11 @@ void AdamW::step() {
       const float* gp = g.data_ptr<float>();
       float* mp = m.data_ptr<float>();
       float* vp = v.data_ptr<float>();
-      const float fdecay = static_cast<float>(decay), fb1 = static_cast<float>(b1),
-                  f1b1 = static_cast<float>(1 - b1), fb2 = static_cast<float>(b2),
-                  f1b2 = static_cast<float>(1 - b2), fbc2 = static_cast<float>(bc2_sqrt),
-                  feps = static_cast<float>(eps), fstep = static_cast<float>(-step_size);
-      for_elements(s.param.numel(), [=](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          const float gi = gp[i];
-          const float mi = mp[i] * fb1 + f1b1 * gi;
-          const float vi = vp[i] * fb2 + f1b2 * gi * gi;
-          const float denom = std::sqrt(vi) / fbc2 + feps;
-          p[i] = p[i] * fdecay + fstep * mi / denom;
-          mp[i] = mi;
-          vp[i] = vi;
-        }
-      });
+      const AdamWScalars k{static_cast<float>(decay),        static_cast<float>(b1),
+                           static_cast<float>(1 - b1),       static_cast<float>(b2),
+                           static_cast<float>(1 - b2),       static_cast<float>(bc2_sqrt),
+                           static_cast<float>(eps),          static_cast<float>(-step_size)};
+      for_elements(s.param.numel(), [=](int64_t b, int64_t e) { adamw_kernel(p + b, gp + b, mp + b, vp + b, e - b, k); });
       s.param.unsafeGetTensorImpl()->bump_version();
     } else {
       if (s.weight_decay != 0) s.param.mul_(decay);
@@ -258,19 +347,21 @@ void SGD::step() {
       float* p = s.param.data_ptr<float>();
       const float* gp = g.data_ptr<float>();
       float* bp = buf ? buf->data_ptr<float>() : nullptr;
-      const float fwd = static_cast<float>(wd), fmom = static_cast<float>(mom),
-                  f1damp = static_cast<float>(1 - damp), flr = static_cast<float>(-lr_);
+      const SGDScalars k{static_cast<float>(wd), static_cast<float>(mom), static_cast<float>(1 - damp),
+                         static_cast<float>(-lr_)};
+      // One instantiation per (decay, nesterov, first) so that each loop is branch-free.
+      using Kernel = void (*)(float*, const float*, float*, int64_t, SGDScalars);
+      static constexpr Kernel kKernels[8] = {
+          sgd_momentum_kernel<false, false, false>, sgd_momentum_kernel<false, false, true>,
+          sgd_momentum_kernel<false, true, false>,  sgd_momentum_kernel<false, true, true>,
+          sgd_momentum_kernel<true, false, false>,  sgd_momentum_kernel<true, false, true>,
+          sgd_momentum_kernel<true, true, false>,   sgd_momentum_kernel<true, true, true>};
+      const Kernel kernel = kKernels[(wd != 0) * 4 + nesterov * 2 + first];
       for_elements(s.param.numel(), [=](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          float d = gp[i];
-          if (fwd != 0) d = d + fwd * p[i];
-          if (bp) {
-            const float bi = first ? d : bp[i] * fmom + f1damp * d;
-            bp[i] = bi;
-            d = nesterov ? d + fmom * bi : bi;
-          }
-          p[i] = p[i] + flr * d;
-        }
+        if (bp)
+          kernel(p + b, gp + b, bp + b, e - b, k);
+        else
+          sgd_plain_kernel(p + b, gp + b, e - b, k);
       });
       s.param.unsafeGetTensorImpl()->bump_version();
       continue;
@@ -320,18 +411,9 @@ void Lion::step() {
       float* p = s.param.data_ptr<float>();
       const float* gp = g.data_ptr<float>();
       float* mp = m.data_ptr<float>();
-      const float fdecay = static_cast<float>(decay), fb1 = static_cast<float>(b1),
-                  f1b1 = static_cast<float>(1 - b1), fb2 = static_cast<float>(b2),
-                  f1b2 = static_cast<float>(1 - b2), flr = static_cast<float>(-lr_);
-      for_elements(s.param.numel(), [=](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) {
-          const float gi = gp[i], mi = mp[i];
-          const float c = mi * fb1 + f1b1 * gi;
-          const float sign = static_cast<float>((c > 0.f) - (c < 0.f));
-          p[i] = p[i] * fdecay + flr * sign;
-          mp[i] = mi * fb2 + f1b2 * gi;
-        }
-      });
+      const LionScalars k{static_cast<float>(decay),  static_cast<float>(b1),     static_cast<float>(1 - b1),
+                          static_cast<float>(b2),     static_cast<float>(1 - b2), static_cast<float>(-lr_)};
+      for_elements(s.param.numel(), [=](int64_t b, int64_t e) { lion_kernel(p + b, gp + b, mp + b, e - b, k); });
       s.param.unsafeGetTensorImpl()->bump_version();
     } else {
       if (s.weight_decay != 0) s.param.mul_(decay);

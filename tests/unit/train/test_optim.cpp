@@ -3,9 +3,12 @@
 // plus checkpoint round trips, registry parsing and the weight-decay grouping rule.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <random>
@@ -572,5 +575,27 @@ TEST_CASE("bf16 parameters update through the ATen path", "[optim]") {
     opt->step();
     CHECK(p.scalar_type() == at::kBFloat16);
     CHECK(p.to(at::kFloat).max().item<float>() < 1.0f);  // moved against the gradient
+  }
+}
+
+// Perf mode (hidden; run with "[.bench]"): ms per step on ~25M float32 parameters, the shapes
+// /usr/bin/python3 torch.optim.AdamW is timed on in docs/training.md. DSK_BENCH_THREADS sets threads.
+TEST_CASE("optimizer step time", "[.bench]") {
+  if (const char* t = std::getenv("DSK_BENCH_THREADS")) at::set_num_threads(std::atoi(t));
+  NamedParams ps;
+  for (int i = 0; i < 6; ++i) ps.emplace_back("w" + std::to_string(i), at::randn({4096, 1024}).set_requires_grad(true));
+  for (int i = 0; i < 8; ++i) ps.emplace_back("b" + std::to_string(i), at::randn({1024}).set_requires_grad(true));
+  for (auto& [n, p] : ps) p.mutable_grad() = at::randn_like(p);
+  const std::vector<std::pair<std::string, HParams>> configs = {
+      {"adamw", {{"weight_decay", "0.01"}}}, {"sgd", {{"momentum", "0.9"}}}, {"lion", {}}, {"adafactor", {}}};
+  for (const auto& [name, hp] : configs) {
+    auto opt = dsk::train::make_optimizer(name, hp, 1e-3, ps);
+    for (int i = 0; i < 3; ++i) opt->step();
+    const int n = 20;
+    auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < n; ++i) opt->step();
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / n;
+    WARN(name << ": " << ms << " ms/step (" << at::get_num_threads() << " threads)");
+    CHECK(ms > 0);
   }
 }
