@@ -80,12 +80,12 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
       ignore_merges_(spec.ignore_merges) {
   int32_t max_id = -1;
   for (const auto& [tok, id] : vocab_) {
-    if (id < 0) fail("{}: vocab token '{}' has negative id {}", source_, tok, id);
+    if (id < 0) fail("tokenizer '{}': vocab token '{}' has negative id {}", source_, tok, id);
     max_id = std::max(max_id, id);
   }
   for (const auto& a : added_) {
-    if (a.id < 0) fail("{}: added token '{}' has negative id {}", source_, a.content, a.id);
-    if (a.content.empty()) fail("{}: added token with id {} has empty content", source_, a.id);
+    if (a.id < 0) fail("tokenizer '{}': added token '{}' has negative id {}", source_, a.content, a.id);
+    if (a.content.empty()) fail("tokenizer '{}': added token with id {} has empty content", source_, a.id);
     max_id = std::max(max_id, a.id);
   }
   tokens_.assign(static_cast<size_t>(max_id + 1), "");
@@ -107,7 +107,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
 
   const auto find = [&](const std::string& tok, const char* what) {
     auto it = vocab_.find(tok);
-    if (it == vocab_.end()) fail("{}: {} '{}' is not in the vocab", source_, what, tok);
+    if (it == vocab_.end()) fail("tokenizer '{}': {} '{}' is not in the vocab", source_, what, tok);
     return it->second;
   };
   merges_.reserve(spec.merges.size() * 2);
@@ -116,7 +116,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
     const auto ref = [&](const std::string& t) {
       auto it = vocab_.find(t);
       if (it == vocab_.end())
-        fail("{}: merge #{} '{} {}' references token '{}' that is not in the vocab", source_, r, a, b, t);
+        fail("tokenizer '{}': merge #{} '{} {}' references token '{}' that is not in the vocab", source_, r, a, b, t);
       return it->second;
     };
     const int32_t ia = ref(a), ib = ref(b), iab = ref(a + b);
@@ -134,7 +134,7 @@ BpeTokenizer::BpeTokenizer(BpeSpec spec)
 }
 
 void BpeTokenizer::check_id(int32_t id) const {
-  if (id < 0 || id >= vocab_size()) fail("token id {} is out of range [0, {}) of tokenizer {}", id, vocab_size(), source_);
+  if (id < 0 || id >= vocab_size()) fail("token id {} is out of range [0, {}) of tokenizer '{}'", id, vocab_size(), source_);
 }
 
 const AddedToken* BpeTokenizer::added_at(std::string_view text, size_t pos) const {

@@ -44,6 +44,14 @@ bool flag(const json& j, const char* key, bool fallback) {
   return j.contains(key) && !j.at(key).is_null() ? j.at(key).get<bool>() : fallback;
 }
 
+std::shared_ptr<Regex> make_regex(const std::string& pattern, bool literal, const std::string& path) {
+  try {
+    return std::make_shared<Regex>(pattern, literal);
+  } catch (const Error& e) {
+    throw e.context(fmt::format("tokenizer '{}'", path));
+  }
+}
+
 SplitBehavior parse_behavior(const std::string& b, const std::string& path) {
   if (b == "Isolated") return SplitBehavior::Isolated;
   if (b == "Removed") return SplitBehavior::Removed;
@@ -62,21 +70,21 @@ void add_pre_tokenizer(const json& p, PreTokenizer& pre, bool& byte_level, const
     byte_level = true;
     if (flag(p, "add_prefix_space", true)) pre.add_prefix_space();
     if (flag(p, "use_regex", true))
-      pre.add_split(std::make_shared<Regex>(kGpt2Pattern), SplitBehavior::Isolated, false);
+      pre.add_split(make_regex(kGpt2Pattern, false, path), SplitBehavior::Isolated, false);
   } else if (type == "Split") {
     const json& pat = p.at("pattern");
     std::shared_ptr<Regex> re;
     if (pat.contains("Regex")) {
-      re = std::make_shared<Regex>(pat.at("Regex").get<std::string>());
+      re = make_regex(pat.at("Regex").get<std::string>(), false, path);
     } else if (pat.contains("String")) {
-      re = std::make_shared<Regex>(pat.at("String").get<std::string>(), /*literal=*/true);
+      re = make_regex(pat.at("String").get<std::string>(), /*literal=*/true, path);
     } else {
       fail("tokenizer '{}': Split pattern needs \"Regex\" or \"String\", got {}", path, pat.dump());
     }
     pre.add_split(std::move(re), parse_behavior(p.at("behavior").get<std::string>(), path), flag(p, "invert", false));
   } else if (type == "Digits") {
     const char* pattern = flag(p, "individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)";
-    pre.add_split(std::make_shared<Regex>(pattern), SplitBehavior::Isolated, false);
+    pre.add_split(make_regex(pattern, false, path), SplitBehavior::Isolated, false);
   } else {
     unsupported(path, fmt::format("pre_tokenizer type '{}'", type));
   }

@@ -16,7 +16,11 @@ class SentencePieceTokenizer final : public Tokenizer {
   explicit SentencePieceTokenizer(const std::string& path) : path_(path) {
     fs::require_file(path, "tokenizer");
     const auto status = sp_.Load(path);
-    if (!status.ok()) fail("tokenizer '{}' is not a valid SentencePiece model: {}", path, status.ToString());
+    if (!status.ok()) {
+      std::string why = status.ToString();
+      if (why.find("ParseFromArray") != std::string::npos) why = "protobuf parse failed (truncated or corrupt?)";
+      fail("tokenizer '{}' is not a valid SentencePiece model: {}", path, why);
+    }
     const int n = sp_.GetPieceSize();
     if (n <= 0) fail("tokenizer '{}' is not a valid SentencePiece model: it has no pieces", path);
     surface_.resize(n);

@@ -80,10 +80,13 @@ TEST_CASE("a truncated tokenizer.json is a runtime error naming the file", "[tok
   CHECK(e.exit_code() == dsk::kExitRuntime);
   CHECK_THAT(e.message(), Contains(path.string()) && Contains("not valid JSON"));
 
-  dsk::test::write_text(path, R"({"model": {"type": "BPE", "vocab": [1, 2], "merges": []}})");
+  dsk::test::write_text(path, R"({"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": [1, 2]}})");
   const auto s = load_error(path.string());
   CHECK(s.kind() == dsk::Error::Kind::Runtime);
-  CHECK_THAT(s.message(), Contains(path.string()));
+  CHECK_THAT(s.message(), Contains(path.string()) && Contains("model.vocab"));
+
+  dsk::test::write_text(path, R"({"pre_tokenizer": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": {}}})");
+  CHECK_THAT(load_error(path.string()).message(), Contains(path.string()) && Contains("merges"));
 }
 
 TEST_CASE("merges referencing unknown tokens are a runtime error naming file and token", "[tokenizer][load][errors]") {
@@ -132,7 +135,7 @@ TEST_CASE("tokenizer.json kinds we do not implement are refused by name", "[toke
   j = dsk::test::tiny_tokenizer_json();
   j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "▁"}};
   dsk::test::write_text(path, j.dump());
-  CHECK_THAT(load_error(path.string()).message(), Contains("Metaspace"));
+  CHECK_THAT(load_error(path.string()).message(), Contains(path.string()) && Contains("Metaspace"));
 
   j = dsk::test::tiny_tokenizer_json();
   j["normalizer"] = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFC"}}, {{"type", "Lowercase"}}}}};
@@ -150,5 +153,5 @@ TEST_CASE("tokenizer.json kinds we do not implement are refused by name", "[toke
   j = dsk::test::tiny_tokenizer_json();
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
   dsk::test::write_text(path, j.dump());
-  CHECK_THAT(load_error(path.string()).message(), Contains("(unclosed"));
+  CHECK_THAT(load_error(path.string()).message(), Contains(path.string()) && Contains("(unclosed"));
 }
