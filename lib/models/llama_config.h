@@ -29,6 +29,12 @@ struct LlamaConfig {
   int64_t eos_token_id = 2;
   std::string torch_dtype = "float32";  // dtype the weights were stored in
   std::string model_type = "llama";     // "llama" | "qwen2" | "mistral"
+  // config.json "rope_scaling": type "" (none) | "linear" | "llama3" (Llama 3.1+ and its distills).
+  std::string rope_scaling_type;
+  double rope_scaling_factor = 1.0;                    // linear, llama3
+  double rope_low_freq_factor = 1.0;                   // llama3
+  double rope_high_freq_factor = 4.0;                  // llama3
+  int64_t rope_original_max_position_embeddings = 0;   // llama3
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };
