@@ -5,7 +5,7 @@
 // Numbers: integers as integers, floating point as printf "%.9g" (exact for float32, and the same
 // bytes for the same value on every run), NaN and infinities as null.
 // Resume: opening with resume_step = S rewrites the file (atomically) keeping only the lines with
-// step <= S, so after the resumed run finishes each step appears once; an incomplete or
+// step <= S, so the resumed run logs no step twice; an incomplete or
 // unreadable line (a crash mid-write) is dropped. Opening without resume_step starts empty.
 #pragma once
 
