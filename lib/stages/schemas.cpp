@@ -1,6 +1,7 @@
 // The config schema of every stage: the one place that declares keys, types, defaults and help.
 // Component keys (optimizer, schedule) come from their registries in lib/train.
 #include "config/config.h"
+#include "data/dataset.h"
 #include "stages/stages.h"
 #include "train/optim.h"
 #include "train/schedule.h"
@@ -30,37 +31,41 @@ void add_model_keys(Schema& s) {
   s.add("threads", Type::Int, "0", "CPU threads for compute (0: all cores)");
 }
 
+Type type_from_doc(const std::string& t) {
+  if (t == "enum") return Type::Enum;
+  if (t == "path") return Type::Path;
+  return type_from_registry(t);
+}
+
+KeySpec spec_from_doc(const std::string& prefix, const data::KeyDoc& d) {
+  KeySpec k;
+  k.key = prefix + "." + d.key;
+  k.type = type_from_doc(d.type);
+  k.default_value = d.default_value;
+  k.help = d.help;
+  k.choices = d.choices;
+  return k;
+}
+
+// data.train.* / data.eval.* from lib/data's key list; `path` required where the stage needs it.
 void add_data_source(Schema& s, const std::string& prefix, bool required) {
-  if (required)
-    s.add_required(prefix + ".path", Type::Path, "data file");
-  else
-    s.add(prefix + ".path", Type::Path, "~", "data file (unset: split off the training data)");
-  s.add_enum(prefix + ".format", {"text", "jsonl", "tokens"}, "text",
-             "text: documents split by `separator`; jsonl: `text` or prompt/response fields; "
-             "tokens: pre-tokenized ids (.bin int32, .u16 uint16)");
-  s.add(prefix + ".separator", Type::String, "\"\\n\\n\"",
-        "text format: document separator (\"\\n\\n\" blank line, \"\\n\" one per line, "
-        "\"<|endoftext|>\", \"\" whole file)");
-  s.add(prefix + ".text_field", Type::String, "text", "jsonl: field holding plain text");
-  s.add(prefix + ".prompt_field", Type::String, "prompt", "jsonl: prompt field (loss masked)");
-  s.add(prefix + ".response_field", Type::String, "response", "jsonl: response field (loss on these tokens)");
-  s.add_enum(prefix + ".chat_template", {"none", "chatml", "llama2", "alpaca"}, "none",
-             "jsonl prompt/response: how a pair is rendered to text");
+  for (const auto& d : data::data_source_keys()) {
+    KeySpec k = spec_from_doc(prefix, d);
+    if (d.key == "path" && required) {
+      k.required = true;
+      k.default_value = "~";
+      k.help = "data file";
+    }
+    s.add(k);
+  }
 }
 
 void add_data_keys(Schema& s, bool train) {
   if (train) add_data_source(s, "data.train", true);
   add_data_source(s, "data.eval", !train);
-  s.add("data.seq_len", Type::Int, "256", "tokens per training window (at most the model's maximum)");
-  s.add("data.add_bos", Type::Bool, "true", "prepend BOS to every document");
-  s.add("data.add_eos", Type::Bool, "true", "append EOS to every document");
-  if (train) {
-    s.add("data.pack", Type::Bool, "true", "pack documents into full windows (false: one document per window)");
-    s.add("data.eval_fraction", Type::Float, "0.05",
-          "share of training documents held out for eval when data.eval.path is unset");
-  } else {
-    s.add("data.stride", Type::Int, "0",
-          "eval windowing: tokens advanced per window (0: seq_len, non-overlapping); see docs/data.md");
+  for (const auto& d : data::data_keys()) {
+    if (d.scope == (train ? "eval" : "train")) continue;
+    s.add(spec_from_doc("data", d));
   }
 }
 

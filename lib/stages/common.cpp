@@ -1,0 +1,75 @@
+#include "stages/common.h"
+
+#include <ATen/Context.h>
+#include <ATen/Parallel.h>
+#include <torch/cuda.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "core/error.h"
+#include "core/log.h"
+
+namespace dsk::stages {
+
+Runtime setup_runtime(const config::Config& cfg) {
+  Runtime rt;
+  int64_t threads = cfg.get_int("threads");
+  if (threads < 0) fail_usage_hint("threads must be >= 0", "use 0 for all cores");
+  rt.threads = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+  at::set_num_threads(rt.threads);
+  at::manual_seed(static_cast<uint64_t>(cfg.get_int("seed")));
+
+  const std::string& device = cfg.get_string("device");
+  bool has_cuda = torch::cuda::is_available();
+  if (device == "cuda" && !has_cuda)
+    fail_usage_hint("device is cuda but no CUDA device is available (or this LibTorch is CPU-only)",
+                    "set device=cpu or device=auto");
+  rt.device = (device == "cuda" || (device == "auto" && has_cuda)) ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+
+  const std::string& dtype = cfg.get_string("dtype");
+  rt.dtype = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
+  if (rt.dtype == at::kHalf && rt.device.is_cpu())
+    fail_usage_hint("dtype fp16 is not supported on CPU", "use dtype=bf16 or dtype=fp32 on CPU");
+  return rt;
+}
+
+std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg) {
+  if (cfg.has("tokenizer.path") && !cfg.get_string("tokenizer.path").empty())
+    return tok::load_tokenizer(cfg.get_string("tokenizer.path"));
+  const std::string& model = cfg.get_string("model.path");
+  if (std::filesystem::is_directory(model)) return tok::load_tokenizer(model);
+  fail_usage_hint(fmt::format("tokenizer.path is unset and model.path '{}' is not a directory holding one", model),
+                  "set tokenizer.path to the tokenizer.model / tokenizer.json file");
+}
+
+models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt) {
+  return models::load_model(cfg.get_string("model.path"), rt.dtype, rt.device);
+}
+
+data::DataSpec data_spec_from(const config::Config& cfg, const std::string& prefix) {
+  data::DataSpec s;
+  s.path = cfg.get_string(prefix + ".path");
+  s.format = cfg.get_string(prefix + ".format");
+  s.separator = cfg.get_string(prefix + ".separator");
+  s.text_field = cfg.get_string(prefix + ".text_field");
+  s.prompt_field = cfg.get_string(prefix + ".prompt_field");
+  s.response_field = cfg.get_string(prefix + ".response_field");
+  s.messages_field = cfg.get_string(prefix + ".messages_field");
+  s.chat_template = cfg.get_string(prefix + ".chat_template");
+  s.add_bos = cfg.get_bool("data.add_bos");
+  s.add_eos = cfg.get_bool("data.add_eos");
+  return s;
+}
+
+void log_resolved_config(const config::Config& cfg) {
+  std::string yaml = cfg.to_yaml();
+  log::info("resolved config (hash {}):\n{}", cfg.hash(), yaml.substr(0, yaml.size() ? yaml.size() - 1 : 0));
+}
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace dsk::stages

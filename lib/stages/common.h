@@ -1,0 +1,36 @@
+// Setup shared by the stages: runtime (threads, seed, device, dtype), tokenizer and model
+// loading from the common config keys, and logging the resolved config once.
+#pragma once
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+
+#include "config/config.h"
+#include "data/source.h"
+#include "models/loader.h"
+#include "tokenizer/tokenizer.h"
+
+namespace dsk::stages {
+
+struct Runtime {
+  c10::Device device = c10::Device(c10::kCPU);
+  at::ScalarType dtype = at::kFloat;
+  int threads = 1;
+};
+
+// Reads threads/seed/device/dtype; seeds the torch generator. cuda without a GPU is a usage error.
+Runtime setup_runtime(const config::Config& cfg);
+// tokenizer.path, else the tokenizer inside model.path (a directory).
+std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg);
+models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt);
+// The data source under `prefix` ("data.train", "data.eval") plus data.add_bos/add_eos.
+data::DataSpec data_spec_from(const config::Config& cfg, const std::string& prefix);
+// Prints the resolved config to stderr, once, as YAML.
+void log_resolved_config(const config::Config& cfg);
+// Seconds since an arbitrary epoch (steady clock).
+double now_s();
+
+}  // namespace dsk::stages

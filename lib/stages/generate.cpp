@@ -1,0 +1,46 @@
+// dsk generate: KV-cache decoding; generated text streams to stdout, stats to stderr.
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <cstdio>
+
+#include "core/log.h"
+#include "models/generate.h"
+#include "stages/common.h"
+#include "stages/stages.h"
+
+namespace dsk::stages {
+
+int run_generate(const config::Config& cfg) {
+  Runtime rt = setup_runtime(cfg);
+  auto tok = load_tokenizer_for(cfg);
+  models::LoadedModel lm = load_model_for(cfg, rt);
+  lm.model->eval();
+  torch::NoGradGuard no_grad;
+
+  std::vector<int32_t> ids;
+  if (tok->bos_id() >= 0) ids.push_back(tok->bos_id());
+  for (int32_t id : tok->encode(cfg.get_string("generate.prompt"))) ids.push_back(id);
+
+  models::SampleOptions opt;
+  opt.max_new_tokens = static_cast<int>(cfg.get_int("generate.max_new_tokens"));
+  opt.temperature = cfg.get_float("generate.temperature");
+  opt.top_k = static_cast<int>(cfg.get_int("generate.top_k"));
+  opt.top_p = cfg.get_float("generate.top_p");
+  opt.seed = static_cast<uint64_t>(cfg.get_int("seed"));
+
+  int32_t prev = ids.empty() ? -1 : ids.back();
+  double t0 = now_s();
+  auto out = models::generate(lm.model, ids, opt, tok->eos_id(), [&](int32_t id) {
+    std::string piece = tok->decode_piece(prev, id);
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+    prev = id;
+  });
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  double dt = now_s() - t0;
+  log::info("generated {} tokens in {:.2f}s ({:.1f} tok/s)", out.size(), dt, dt > 0 ? out.size() / dt : 0.0);
+  return 0;
+}
+
+}  // namespace dsk::stages
