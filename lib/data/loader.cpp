@@ -10,6 +10,7 @@
 namespace dsk::data {
 
 uint64_t uniform_below(std::mt19937_64& rng, uint64_t n) {
+  DSK_CHECK(n > 0, "uniform_below: empty range");
   // Draws below 2^64 mod n are rejected so the rest is a whole number of copies of [0, n).
   const uint64_t threshold = (0 - n) % n;
   for (;;) {

@@ -165,11 +165,20 @@ void validate_spec(const DataSpec& spec) {
 // ---------------------------------------------------------------------------
 // Text
 
-std::vector<std::string> split_text(const std::string& raw, const std::string& separator) {
+namespace {
+
+std::string crlf_to_lf(const std::string& raw) {
   std::string text;
   text.reserve(raw.size());
   for (size_t i = 0; i < raw.size(); ++i)
     if (!(raw[i] == '\r' && i + 1 < raw.size() && raw[i + 1] == '\n')) text += raw[i];
+  return text;
+}
+
+}  // namespace
+
+std::vector<std::string> split_text(const std::string& raw, const std::string& separator_raw) {
+  const std::string text = crlf_to_lf(raw), separator = crlf_to_lf(separator_raw);
 
   std::vector<std::string> docs;
   auto add = [&](size_t b, size_t e) {
@@ -376,7 +385,7 @@ std::vector<Document> load_documents(const DataSpec& spec, const tok::Tokenizer&
       json obj;
       try {
         obj = json::parse(line);
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {
         std::string msg = e.what();
         size_t cut = msg.find("] ");
         fail_line(where, "invalid JSON: " + (cut == std::string::npos ? msg : msg.substr(cut + 2)));

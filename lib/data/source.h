@@ -53,7 +53,8 @@ void validate_spec(const DataSpec& spec);
 // Building blocks, exposed for tests and tools.
 
 // Text format: splits on `separator` ("" = one document), strips line breaks (\r, \n) at both
-// ends of each document and drops documents that are then whitespace-only. CRLF -> LF first.
+// ends of each document and drops documents that are then whitespace-only. CRLF -> LF first
+// (in both text and separator).
 std::vector<std::string> split_text(const std::string& text, const std::string& separator);
 
 // A piece of a rendered chat document. Text is encoded by Tokenizer::encode; Special is a

@@ -50,6 +50,7 @@ TEST_CASE("split_text: separators, trimming of line breaks, blank documents drop
   CHECK(split_text("l1\nl2\n\n  l3 \n", "\n") == Strings{"l1", "l2", "  l3 "});
   CHECK(split_text("\n\nwhole\n\nfile\n", "") == Strings{"whole\n\nfile"});
   CHECK(split_text("a\r\n\r\nb\r\nc\r\n", "\n\n") == Strings{"a", "b\nc"});
+  CHECK(split_text("a\r\nb\r\n", "\r\n") == Strings{"a", "b"});
   CHECK(split_text("  \n\t\n\n \n", "\n\n").empty());
   CHECK(split_text("", "").empty());
 }
@@ -222,6 +223,7 @@ TEST_CASE("jsonl: malformed lines are usage errors naming path:line and the prob
   };
   std::vector<Case> cases = {
       {R"({"text": "a")", "invalid JSON"},
+      {R"({"text": 1e999})", "invalid JSON: number overflow"},
       {"[1, 2]", "expected a JSON object, got a array"},
       {R"({"foo": 1, "bar": 2})", R"(no "text", "prompt"/"response" or "messages" field (it has: "bar", "foo"))"},
       {R"({"text": 5})", R"(field "text" is a number, expected a string)"},
