@@ -7,19 +7,7 @@ find_package(CLI11 REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
-pkg_check_modules(SENTENCEPIECE REQUIRED IMPORTED_TARGET sentencepiece)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
-# Debian's libsentencepiece is built against protobuf-lite and exports protobuf template
-# instances; when LibTorch pulls in the full libprotobuf, that library's static initializers
-# bind to sentencepiece's copies and crash before main(). Linking libprotobuf directly and
-# ahead of sentencepiece makes its own definitions come first in symbol lookup.
-find_library(DSK_PROTOBUF_LIB NAMES protobuf libprotobuf.so.32 PATHS /usr/lib/x86_64-linux-gnu)
-add_library(dsk_sentencepiece INTERFACE)
-if(DSK_PROTOBUF_LIB)
-  target_link_libraries(dsk_sentencepiece INTERFACE -Wl,--no-as-needed ${DSK_PROTOBUF_LIB})
-endif()
-target_link_libraries(dsk_sentencepiece INTERFACE PkgConfig::SENTENCEPIECE)
-add_library(sentencepiece::sentencepiece ALIAS dsk_sentencepiece)
 add_library(PCRE2::pcre2 ALIAS PkgConfig::PCRE2)
 
 # LibTorch exports TORCH_LIBRARIES + TORCH_CXX_FLAGS rather than a target.
