@@ -157,11 +157,13 @@ bool is_shard_name(const std::string& name) {
 // Removes weight files of an earlier save that the new one does not use.
 void remove_stale_weights(const stdfs::path& dir, const std::set<std::string>& keep) {
   std::error_code ec;
+  std::vector<stdfs::path> stale;
   for (const auto& entry : stdfs::directory_iterator(dir, ec)) {
     const std::string name = entry.path().filename().string();
     bool ours = name == kHfWeightsFile || name == kHfIndexFile || is_shard_name(name);
-    if (ours && !keep.count(name)) stdfs::remove(entry.path(), ec);
+    if (ours && !keep.count(name)) stale.push_back(entry.path());
   }
+  for (const auto& p : stale) stdfs::remove(p, ec);
 }
 
 uint64_t tensor_bytes(const at::Tensor& t) {
