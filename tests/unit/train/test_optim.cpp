@@ -578,6 +578,24 @@ TEST_CASE("bf16 parameters update through the ATen path", "[optim]") {
   }
 }
 
+TEST_CASE("fused updates do not depend on the thread count", "[optim]") {
+  const int saved = at::get_num_threads();
+  std::vector<at::Tensor> results;
+  for (int threads : {1, 2}) {
+    at::set_num_threads(threads);
+    at::Tensor p = at::sin(at::arange(100003, at::kFloat)).set_requires_grad(true);  // several parallel chunks
+    auto opt = dsk::train::make_optimizer("adamw", {{"weight_decay", "0.1"}, {"weight_decay_all", "true"}}, 1e-2,
+                                          {{"p", p}});
+    for (int s = 0; s < 3; ++s) {
+      p.mutable_grad() = at::cos(at::arange(100003, at::kFloat) * (0.1 * (s + 1)));
+      opt->step();
+    }
+    results.push_back(p.detach().clone());
+  }
+  at::set_num_threads(saved);
+  CHECK(at::equal(results[0], results[1]));
+}
+
 // Perf mode (hidden; run with "[.bench]"): ms per step on ~25M float32 parameters, the shapes
 // /usr/bin/python3 torch.optim.AdamW is timed on in docs/training.md. DSK_BENCH_THREADS sets threads.
 TEST_CASE("optimizer step time", "[.bench]") {

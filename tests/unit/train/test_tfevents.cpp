@@ -6,7 +6,6 @@
 #include <fstream>
 #include <map>
 #include <random>
-#include <regex>
 
 #include "test_util.h"
 #include "train/tfevents.h"
@@ -186,12 +185,18 @@ TEST_CASE("event file decodes to what was written", "[tfevents]") {
   const std::string name = path.filename().string();
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
-  const std::regex pattern("events\\.out\\.tfevents\\.([0-9]+)\\.(.+)\\.([0-9]+)\\.0");
-  std::smatch m;
-  REQUIRE(std::regex_match(name, m, pattern));
-  CHECK(std::abs(std::stod(m[1].str()) - t0) <= 5);
-  CHECK(m[2].str() == host);
-  CHECK(std::stol(m[3].str()) == static_cast<long>(getpid()));
+  // events.out.tfevents.<time>.<host>.<pid>.0 (the host name may itself contain dots)
+  const std::string prefix = "events.out.tfevents.";
+  REQUIRE(name.rfind(prefix, 0) == 0);
+  const std::string rest = name.substr(prefix.size());
+  const size_t first_dot = rest.find('.');
+  const size_t last_dot = rest.rfind('.');
+  const size_t pid_dot = rest.rfind('.', last_dot - 1);
+  REQUIRE((first_dot != std::string::npos && pid_dot > first_dot));
+  CHECK(std::abs(std::stod(rest.substr(0, first_dot)) - t0) <= 5);
+  CHECK(rest.substr(first_dot + 1, pid_dot - first_dot - 1) == host);
+  CHECK(rest.substr(pid_dot + 1, last_dot - pid_dot - 1) == std::to_string(getpid()));
+  CHECK(rest.substr(last_dot) == ".0");
 
   auto events = read_events(path);
   REQUIRE(events.size() == 5);
