@@ -511,8 +511,8 @@ Config load_config_text(const Schema& schema, const std::string& yaml_text, cons
   } catch (const YAML::ParserException& e) {
     std::string msg = e.msg;
     throw Error(Error::Kind::Usage,
-                fmt::format("{}:{}:{}: YAML syntax error: {}", name, e.mark.line + 1, e.mark.column + 1, msg),
-                "fix the YAML syntax at that line (indentation, a missing ':' or an unclosed quote)");
+                fmt::format("{}:{}:{}: invalid YAML: {}", name, e.mark.line + 1, e.mark.column + 1, msg),
+                "check indentation, the ':' after each key, and closing brackets and quotes up to that line");
   }
   Resolved r = resolve(schema, name, root, overrides);
   Config cfg;

@@ -12,7 +12,7 @@ using dsk::test::run_cmd;
 
 namespace {
 
-std::string dsk() { return dsk::test::dsk_bin(); }
+std::string dsk_exe() { return dsk::test::dsk_bin(); }
 std::string src(const std::string& rel) { return std::string(DSK_SOURCE_DIR) + "/" + rel; }
 
 void write(const fs::path& p, const std::string& text) {
@@ -49,21 +49,21 @@ std::string finetune_cfg(const fs::path& out, const std::string& extra = "") {
 }  // namespace
 
 TEST_CASE("version and help", "[cli]") {
-  auto v = run_cmd(dsk() + " --version");
+  auto v = run_cmd(dsk_exe() + " --version");
   CHECK(v.exit_code == 0);
   CHECK_THAT(v.out, Contains("dsk " DSK_VERSION));
-  auto h = run_cmd(dsk() + " --help");
+  auto h = run_cmd(dsk_exe() + " --help");
   CHECK(h.exit_code == 0);
   CHECK_THAT(h.out, Contains("finetune") && Contains("generate") && Contains("validate") && Contains("eval"));
-  auto fh = run_cmd(dsk() + " finetune --help");
+  auto fh = run_cmd(dsk_exe() + " finetune --help");
   CHECK(fh.exit_code == 0);
   CHECK_THAT(fh.out, Contains("optim.lr") && Contains("lora.rank") && Contains("output_dir"));
-  auto none = run_cmd(dsk());
+  auto none = run_cmd(dsk_exe());
   CHECK(none.exit_code == 2);
 }
 
 TEST_CASE("unknown subcommand suggests the closest", "[cli]") {
-  auto r = run_cmd(dsk() + " fintune x.yaml");
+  auto r = run_cmd(dsk_exe() + " fintune x.yaml");
   expect_clean_failure(r, 2, "unknown subcommand 'fintune'; did you mean 'finetune'?");
 }
 
@@ -77,7 +77,7 @@ TEST_CASE("every config in configs/ validates", "[cli]") {
     std::getline(*std::make_unique<std::ifstream>(e.path()), first);
     INFO(e.path());
     CHECK(first.rfind("# dsk ", 0) == 0);
-    auto r = run_cmd("cd " + src("") + " && " + dsk() + " validate " + e.path().string());
+    auto r = run_cmd("cd " + src("") + " && " + dsk_exe() + " validate " + e.path().string());
     INFO(r.err);
     CHECK(r.exit_code == 0);
     CHECK_THAT(r.out, Contains(": ok"));
@@ -86,7 +86,7 @@ TEST_CASE("every config in configs/ validates", "[cli]") {
 }
 
 TEST_CASE("docs/config-reference.md is generated from the schemas and current", "[cli]") {
-  auto r = run_cmd(dsk() + " config-docs");
+  auto r = run_cmd(dsk_exe() + " config-docs");
   REQUIRE(r.exit_code == 0);
   CHECK(r.out == slurp(src("docs/config-reference.md")));  // stale? run scripts/gen-docs
 }
@@ -94,17 +94,17 @@ TEST_CASE("docs/config-reference.md is generated from the schemas and current", 
 TEST_CASE("malformed YAML", "[cli][bad-input]") {
   auto d = dsk::test::scratch_dir("bad_yaml");
   write(d / "c.yaml", "model:\n  path: [oops\nmax_steps: 3\n");
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "c.yaml").string()), 2, "c.yaml:");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "c.yaml").string()), 2, "c.yaml:");
 }
 
-TEST_CASE("unknown key with suggestion, wrong type; all reported by validate", "[cli][bad-input]") {
+TEST_CASE("unknown key with suggestion, wrong type and all reported by validate", "[cli][bad-input]") {
   auto d = dsk::test::scratch_dir("bad_keys");
   write(d / "c.yaml", finetune_cfg(d / "out", "optim: {lrr: 0.1}\n"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "c.yaml").string()), 2, "did you mean 'optim.lr'?");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "c.yaml").string()), 2, "did you mean 'optim.lr'?");
   write(d / "t.yaml", finetune_cfg(d / "out", "batch_size: many\n"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "t.yaml").string()), 2, "expected int, got 'many'");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "t.yaml").string()), 2, "expected int, got 'many'");
   write(d / "both.yaml", finetune_cfg(d / "out", "optim: {lrr: 0.1}\nepochs: lots\n"));
-  auto r = run_cmd(dsk() + " validate --as finetune " + (d / "both.yaml").string());
+  auto r = run_cmd(dsk_exe() + " validate --as finetune " + (d / "both.yaml").string());
   CHECK(r.exit_code == 2);
   CHECK_THAT(r.err, Contains("optim.lrr") && Contains("expected float"));
   CHECK_FALSE(fs::exists(d / "out"));
@@ -114,11 +114,11 @@ TEST_CASE("missing model, tokenizer and data files", "[cli][bad-input]") {
   auto d = dsk::test::scratch_dir("missing_files");
   std::string cfg = finetune_cfg(d / "out");
   write(d / "m.yaml", std::regex_replace(cfg, std::regex("stories260K\\.bin"), "nope.bin"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "m.yaml").string()), 2, "nope.bin");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "m.yaml").string()), 2, "nope.bin");
   write(d / "t.yaml", std::regex_replace(cfg, std::regex("tok512\\.model"), "nope.model"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "t.yaml").string()), 2, "nope.model");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "t.yaml").string()), 2, "nope.model");
   write(d / "d.yaml", std::regex_replace(cfg, std::regex("tinyshakespeare\\.txt"), "nope.txt"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "d.yaml").string()), 2, "nope.txt");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "d.yaml").string()), 2, "nope.txt");
 }
 
 TEST_CASE("empty dataset", "[cli][bad-input]") {
@@ -127,13 +127,13 @@ TEST_CASE("empty dataset", "[cli][bad-input]") {
   std::string cfg = std::regex_replace(finetune_cfg(d / "out"), std::regex("path: [^}]*tinyshakespeare\\.txt"),
                                        "path: " + (d / "empty.txt").string());
   write(d / "c.yaml", cfg);
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "c.yaml").string()), 2, "empty");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "c.yaml").string()), 2, "empty");
 }
 
 TEST_CASE("seq_len above the model's maximum", "[cli][bad-input]") {
   auto d = dsk::test::scratch_dir("long_seq");
   write(d / "c.yaml", finetune_cfg(d / "out"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "c.yaml").string() + " data.seq_len=4096"), 2,
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "c.yaml").string() + " data.seq_len=4096"), 2,
                        "seq_len");
 }
 
@@ -141,7 +141,7 @@ TEST_CASE("existing non-empty output_dir without resume is refused and left unto
   auto d = dsk::test::scratch_dir("existing_out");
   write(d / "out" / "precious.txt", "keep me");
   write(d / "c.yaml", finetune_cfg(d / "out"));
-  expect_clean_failure(run_cmd(dsk() + " finetune " + (d / "c.yaml").string()), 2, "resume");
+  expect_clean_failure(run_cmd(dsk_exe() + " finetune " + (d / "c.yaml").string()), 2, "resume");
   CHECK(slurp(d / "out" / "precious.txt") == "keep me");
   CHECK(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()) == 1);
 }

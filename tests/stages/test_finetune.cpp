@@ -10,6 +10,8 @@
 #include <regex>
 #include <thread>
 
+#include <ATen/ATen.h>
+
 #include "ckpt/safetensors.h"
 #include "test_util.h"
 
@@ -20,7 +22,7 @@ using nlohmann::json;
 
 namespace {
 
-std::string dsk() { return dsk::test::dsk_bin(); }
+std::string dsk_exe() { return dsk::test::dsk_bin(); }
 std::string src(const std::string& rel) { return std::string(DSK_SOURCE_DIR) + "/" + rel; }
 
 std::string slurp(const fs::path& p) {
@@ -33,7 +35,7 @@ std::string in_repo(const std::string& cmd) { return "cd " + src("") + " && " + 
 
 // A short LoRA run on Shakespeare (overrides on top of the quickstart config).
 std::string short_run(const fs::path& out, const std::string& extra = "") {
-  return dsk() + " finetune configs/stories260k/lora-shakespeare.yaml output_dir=" + out.string() +
+  return dsk_exe() + " finetune configs/stories260k/lora-shakespeare.yaml output_dir=" + out.string() +
          " max_steps=24 batch_size=4 data.seq_len=64 eval.every=0 eval.max_batches=2 checkpoint.every=8 threads=1 " +
          extra;
 }
@@ -92,7 +94,7 @@ bool wait_for(const fs::path& p, double seconds) {
 
 TEST_CASE("quickstart: LoRA on Shakespeare cuts held-out NLL by 25% and writes every artifact", "[stages][quickstart]") {
   auto d = dsk::test::scratch_dir("quickstart");
-  auto r = run_cmd(in_repo(dsk() + " finetune configs/stories260k/lora-shakespeare.yaml output_dir=" + (d / "run").string()));
+  auto r = run_cmd(in_repo(dsk_exe() + " finetune configs/stories260k/lora-shakespeare.yaml output_dir=" + (d / "run").string()));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   json summary = json::parse(r.out);  // stdout is exactly one JSON line
@@ -168,7 +170,7 @@ TEST_CASE("kill -9 mid-run, then resume=auto: same weights as an uninterrupted r
   CHECK(loss_values(d / "killed" / "metrics.jsonl") == loss_values(d / "whole" / "metrics.jsonl"));
 }
 
-TEST_CASE("SIGTERM saves a checkpoint and exits 143; SIGINT exits 130", "[stages][signals]") {
+TEST_CASE("SIGTERM saves a checkpoint and exits 143 and SIGINT exits 130", "[stages][signals]") {
   auto d = dsk::test::scratch_dir("sigterm");
   for (auto [sig, code] : {std::pair<int, int>{SIGTERM, 143}, {SIGINT, 130}}) {
     fs::path out = d / std::to_string(sig);
@@ -191,13 +193,13 @@ TEST_CASE("SIGTERM saves a checkpoint and exits 143; SIGINT exits 130", "[stages
 }
 
 TEST_CASE("generate: greedy story from stories260K", "[stages][generate]") {
-  auto r = run_cmd(in_repo(dsk() + " generate configs/stories260k/generate.yaml generate.max_new_tokens=40"));
+  auto r = run_cmd(in_repo(dsk_exe() + " generate configs/stories260k/generate.yaml generate.max_new_tokens=40"));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   CHECK(r.out.rfind("Once upon a time, there was a little girl named Lily.", 0) == 0);
   CHECK_THAT(r.err, Contains("tok/s"));
   // Sampling is seeded: same seed same text, another seed another text.
-  std::string sample = dsk() + " generate configs/stories260k/generate.yaml generate.temperature=1.0 generate.top_p=0.9 generate.max_new_tokens=60 ";
+  std::string sample = dsk_exe() + " generate configs/stories260k/generate.yaml generate.temperature=1.0 generate.top_p=0.9 generate.max_new_tokens=60 ";
   auto s1 = run_cmd(in_repo(sample + "seed=1")), s2 = run_cmd(in_repo(sample + "seed=1")), s3 = run_cmd(in_repo(sample + "seed=2"));
   CHECK(s1.out == s2.out);
   CHECK(s1.out != s3.out);
@@ -205,7 +207,7 @@ TEST_CASE("generate: greedy story from stories260K", "[stages][generate]") {
 
 TEST_CASE("eval: eval.json with nll, ppl = exp(nll), token count", "[stages][eval]") {
   auto d = dsk::test::scratch_dir("eval");
-  auto r = run_cmd(in_repo(dsk() + " eval configs/stories260k/eval-tinystories.yaml output_dir=" + d.string()));
+  auto r = run_cmd(in_repo(dsk_exe() + " eval configs/stories260k/eval-tinystories.yaml output_dir=" + d.string()));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   json e = json::parse(slurp(d / "eval.json"));
@@ -220,12 +222,12 @@ TEST_CASE("eval: eval.json with nll, ppl = exp(nll), token count", "[stages][eva
 TEST_CASE("corrupt and inconsistent Hugging Face directories", "[stages][bad-input]") {
   auto d = dsk::test::scratch_dir("hf_bad");
   // A real HF directory from a 1-step full fine-tune.
-  auto r = run_cmd(in_repo(dsk() + " finetune configs/stories260k/full-shakespeare.yaml output_dir=" + (d / "run").string() +
+  auto r = run_cmd(in_repo(dsk_exe() + " finetune configs/stories260k/full-shakespeare.yaml output_dir=" + (d / "run").string() +
                            " max_steps=1 batch_size=2 data.seq_len=32 eval.max_batches=1"));
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
   fs::path good = d / "run" / "model";
-  std::string gen = dsk() + " generate configs/stories260k/generate.yaml generate.max_new_tokens=5 ~tokenizer.path model.path=";
+  std::string gen = dsk_exe() + " generate configs/stories260k/generate.yaml generate.max_new_tokens=5 ~tokenizer.path model.path=";
   auto ok = run_cmd(in_repo(gen + good.string()));
   INFO(ok.err);
   CHECK(ok.exit_code == 0);

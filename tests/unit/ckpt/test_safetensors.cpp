@@ -118,7 +118,7 @@ TEST_CASE("every dtype, a 0-d and an empty tensor round-trip bit for bit", "[ckp
   REQUIRE_THROWS_WITH(f->tensor("nope"), Contains("no tensor named 'nope'") && Contains(p));
 }
 
-TEST_CASE("metadata round-trips; none gives no __metadata__ entry", "[ckpt][safetensors]") {
+TEST_CASE("metadata round-trips - none gives no __metadata__ entry", "[ckpt][safetensors]") {
   auto dir = dsk::test::scratch_dir("st_metadata");
   const std::map<std::string, std::string> meta = {
       {"format", "pt"}, {"dsk_version", "0.1.0"}, {"config_hash", "ab12"}, {"note", "quotes \" and\nnewline, ünïcode"}};

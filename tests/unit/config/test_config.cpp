@@ -116,7 +116,7 @@ TEST_CASE("component keys only with their selector", "[config]") {
 }
 
 TEST_CASE("malformed YAML is one line with file:line", "[config]") {
-  CHECK_THAT(error_of("model:\n  path: [unclosed\n"), Contains("x.yaml:") && Contains("YAML syntax error"));
+  CHECK_THAT(error_of("model:\n  path: [unclosed\n"), Contains("x.yaml:") && Contains("invalid YAML"));
   CHECK_THAT(error_of("- a\n- b\n"), Contains("must be a YAML mapping"));
 }
 

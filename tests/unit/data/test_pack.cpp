@@ -120,7 +120,7 @@ TEST_CASE("eval windows score every target exactly once with the documented cont
   }
 }
 
-TEST_CASE("eval windows: stride 0 equals padded packing; masked tokens are not scored", "[data][eval]") {
+TEST_CASE("eval windows: stride 0 equals padded packing - masked tokens are not scored", "[data][eval]") {
   Document s = seq_doc(5, 23, {0, 7, 8});
   Windows e = make_eval_windows(s, 6, 0);
   Windows p = pack_documents({s}, 6, true, false);

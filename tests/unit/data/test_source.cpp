@@ -195,7 +195,7 @@ TEST_CASE("chat templates: masks cover response tokens, end markers and EOS only
   CHECK(loss_ids(plain) == concat({bytes_ids("Ans<|im_end|>"), {2}}));
 }
 
-TEST_CASE("jsonl messages: loss on every assistant turn; llama2 turns split by EOS BOS", "[data][jsonl][mask]") {
+TEST_CASE("jsonl messages: loss on every assistant turn - llama2 turns split by EOS BOS", "[data][jsonl][mask]") {
   const std::string line =
       R"({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},)"
       R"( {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]})";

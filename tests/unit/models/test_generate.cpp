@@ -66,7 +66,7 @@ TEST_CASE("generation stops at EOS, max_new_tokens and the model's maximum lengt
   CHECK(e.message() == "generate: top_p must be in (0, 1], got 0");
 }
 
-TEST_CASE("sampling is deterministic per seed; top_k 1 is greedy", "[generate]") {
+TEST_CASE("sampling is deterministic per seed - top_k 1 is greedy", "[generate]") {
   Llama m = random_model(tiny_config(), 42);
   m->train();
   SampleOptions opt;

@@ -52,7 +52,7 @@ TEST_CASE("target matching: plain suffix, glob, regex, all-linear", "[lora]") {
   CHECK(parse_target_modules(" q_proj, v_proj ,,") == std::vector<std::string>{"q_proj", "v_proj"});
 }
 
-TEST_CASE("a fresh adapter changes nothing; A is kaiming-uniform, B zero", "[lora]") {
+TEST_CASE("a fresh adapter changes nothing - A is kaiming-uniform, B zero", "[lora]") {
   LlamaConfig cfg = tiny_config();
   Llama m = random_model(cfg, 20);
   at::Tensor tokens = random_tokens(2, 9, 61, 21);
