@@ -78,6 +78,14 @@ void apply_freezing(models::Llama& model, const config::Config& cfg) {
   }
 }
 
+// The keys of a component section the user set; the component applies its own defaults to the rest.
+train::HParams explicit_hparams(const config::Config& cfg, const std::string& section) {
+  train::HParams out;
+  for (const auto& [key, value] : cfg.section(section))
+    if (cfg.is_set(section + "." + key)) out[key] = value;
+  return out;
+}
+
 NamedTensors trainable_parameters(models::Llama& model) {
   NamedTensors out;
   for (auto& p : model->named_parameters())
@@ -168,10 +176,6 @@ struct Trainer {
     lopt.batch_size = dopt.batch_size;
     lopt.seed = dopt.seed;
     loader = std::make_unique<data::Loader>(data.train, lopt);
-    if (loader->batches_per_epoch() == 0)
-      fail_usage_hint(fmt::format("the training data has {} windows, fewer than one batch of {}", data.train.count(),
-                                  dopt.batch_size),
-                      "lower batch_size or data.seq_len, or add data");
 
     if (cfg.has("max_steps")) {
       total_steps = cfg.get_int("max_steps");
@@ -196,9 +200,9 @@ struct Trainer {
     if (trainable.empty()) fail_usage_hint("every parameter is frozen: nothing to train", "relax freeze.*");
     for (auto& t : trainable) trainable_list.push_back(t.second);
 
-    opt = train::make_optimizer(cfg.get_string("optim.name"), cfg.section("optim"), cfg.get_float("optim.lr"),
+    opt = train::make_optimizer(cfg.get_string("optim.name"), explicit_hparams(cfg, "optim"), cfg.get_float("optim.lr"),
                                 trainable);
-    schedule = std::make_unique<train::Schedule>(cfg.get_string("schedule.name"), cfg.section("schedule"),
+    schedule = std::make_unique<train::Schedule>(cfg.get_string("schedule.name"), explicit_hparams(cfg, "schedule"),
                                                  cfg.get_float("optim.lr"), total_steps);
 
     // Only now: claim output_dir (refuses a non-empty one unless resuming).

@@ -102,6 +102,12 @@ void add_registry_keys(Schema& s, const std::string& section, const std::vector<
         it = specs.emplace(key, k).first;
       }
       it->second.when_values.push_back(c.name);
+      // Components that share a key may default it differently (betas: adamw vs lion): then the
+      // schema leaves it unset and the component applies its own default.
+      if (it->second.default_value != p.default_value && it->second.default_value != "~") {
+        it->second.help += " (default per " + section + ".name)";
+        it->second.default_value = "~";
+      }
     }
   }
   for (const auto& key : order) {

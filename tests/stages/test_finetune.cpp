@@ -70,11 +70,12 @@ void require_same_tensors(const fs::path& a, const fs::path& b) {
   }
 }
 
-// Starts a command in the background; returns its pid.
+// Starts a dsk command line in the background from the repository root; returns the pid of
+// the dsk process itself (the shell execs it), so signals reach dsk.
 pid_t spawn(const std::string& cmd, const fs::path& log) {
   pid_t pid = fork();
   if (pid == 0) {
-    std::string full = "exec " + cmd + " >" + log.string() + ".out 2>" + log.string();
+    std::string full = "cd " + src("") + " && exec " + cmd + " >" + log.string() + ".out 2>" + log.string();
     execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
     _exit(127);
   }
@@ -145,10 +146,10 @@ TEST_CASE("same seed, same config: byte-identical losses", "[stages][determinism
 
 TEST_CASE("kill -9 mid-run, then resume=auto: same weights as an uninterrupted run", "[stages][resume]") {
   auto d = dsk::test::scratch_dir("kill9");
-  auto whole = run_cmd(in_repo(short_run(d / "whole")));
+  auto whole = run_cmd(in_repo(short_run(d / "whole", "max_steps=40")));
   REQUIRE(whole.exit_code == 0);
 
-  pid_t pid = spawn(in_repo(short_run(d / "killed")), d / "killed.log");
+  pid_t pid = spawn(short_run(d / "killed", "max_steps=40"), d / "killed.log");
   bool reached = wait_for(d / "killed" / "checkpoints" / "step-16" / "state.json", 300);
   kill(pid, SIGKILL);
   int status = 0;
@@ -158,9 +159,9 @@ TEST_CASE("kill -9 mid-run, then resume=auto: same weights as an uninterrupted r
   CHECK_FALSE(fs::exists(d / "killed" / "adapter"));
 
   // Without resume the half-finished run is refused, untouched.
-  auto refused = run_cmd(in_repo(short_run(d / "killed")));
+  auto refused = run_cmd(in_repo(short_run(d / "killed", "max_steps=40")));
   CHECK(refused.exit_code == 2);
-  auto resumed = run_cmd(in_repo(short_run(d / "killed", "resume=auto")));
+  auto resumed = run_cmd(in_repo(short_run(d / "killed", "max_steps=40 resume=auto")));
   INFO(resumed.err);
   REQUIRE(resumed.exit_code == 0);
   CHECK_THAT(resumed.err, Contains("resumed from"));
@@ -174,7 +175,7 @@ TEST_CASE("SIGTERM saves a checkpoint and exits 143 and SIGINT exits 130", "[sta
   auto d = dsk::test::scratch_dir("sigterm");
   for (auto [sig, code] : {std::pair<int, int>{SIGTERM, 143}, {SIGINT, 130}}) {
     fs::path out = d / std::to_string(sig);
-    pid_t pid = spawn(in_repo(short_run(out, "max_steps=100000")), d / (std::to_string(sig) + ".log"));
+    pid_t pid = spawn(short_run(out, "max_steps=100000"), d / (std::to_string(sig) + ".log"));
     REQUIRE(wait_for(out / "checkpoints" / "step-8" / "state.json", 300));
     kill(pid, sig);
     int status = 0;
