@@ -385,6 +385,8 @@ std::string convert(const KeySpec& spec, const YAML::Node& node, Config::Value& 
       } else {
         std::string err = scalar_of(node, s);
         if (!err.empty()) return err;
+        // "[a, *b]" that YAML could not parse (a '*' alias, say) arrives as a plain string.
+        if (s.size() >= 2 && s.front() == '[' && s.back() == ']') s = s.substr(1, s.size() - 2);
         std::stringstream ss(s);
         std::string part;
         while (std::getline(ss, part, ',')) {

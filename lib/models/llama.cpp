@@ -58,7 +58,7 @@ at::Tensor rope_inv_freq(const LlamaConfig& c) {
     const float low_wavelen = old_len / low, high_wavelen = old_len / high;
     float* f = inv_freq.data_ptr<float>();
     for (int64_t i = 0; i < inv_freq.numel(); ++i) {
-      const float wavelen = static_cast<float>(2.0 * M_PI) / f[i];
+      const float wavelen = static_cast<float>(2.0 * 3.14159265358979323846) / f[i];
       if (wavelen > low_wavelen) {
         f[i] = f[i] / factor;  // low frequencies: scaled
       } else if (!(wavelen < high_wavelen)) {  // medium: interpolate between scaled and unscaled

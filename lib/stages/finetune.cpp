@@ -67,15 +67,20 @@ void apply_freezing(models::Llama& model, const config::Config& cfg) {
   auto layers = parse_layer_ranges(cfg.get_string("freeze.layers"), model->config().num_hidden_layers);
   auto patterns = cfg.get_list("freeze.patterns");
   bool embeddings = cfg.get_bool("freeze.embeddings");
+  std::vector<int> pattern_hits(patterns.size(), 0);
   for (auto& p : model->named_parameters()) {
     const std::string& name = p.key();
     bool freeze = embeddings && name.find("embed_tokens") != std::string::npos;
     for (int64_t l : layers)
       if (name.rfind(fmt::format("model.layers.{}.", l), 0) == 0) freeze = true;
-    for (const auto& g : patterns)
-      if (fnmatch(g.c_str(), name.c_str(), 0) == 0) freeze = true;
+    for (size_t i = 0; i < patterns.size(); ++i)
+      if (fnmatch(patterns[i].c_str(), name.c_str(), 0) == 0) freeze = true, ++pattern_hits[i];
     if (freeze) p.value().set_requires_grad(false);
   }
+  for (size_t i = 0; i < patterns.size(); ++i)
+    if (pattern_hits[i] == 0)
+      fail_usage_hint(fmt::format("freeze.patterns: '{}' matches no parameter", patterns[i]),
+                      "patterns are globs on full names such as model.layers.0.mlp.up_proj.weight");
 }
 
 // The keys of a component section the user set; the component applies its own defaults to the rest.

@@ -248,3 +248,44 @@ TEST_CASE("corrupt and inconsistent Hugging Face directories", "[stages][bad-inp
   CHECK(s.exit_code == 2);
   CHECK_THAT(s.err, Contains("mlp") && Contains("172") && Contains("256"));
 }
+
+TEST_CASE("gradient accumulation: 2 x batch 2 takes the step of 1 x batch 4", "[stages][accum]") {
+  auto d = dsk::test::scratch_dir("accum");
+  std::string base = dsk_exe() + " finetune configs/stories260k/full-shakespeare.yaml max_steps=3 data.seq_len=32 "
+                     "eval.max_batches=1 checkpoint.every=0 threads=1 schedule.name=constant output_dir=";
+  auto one = run_cmd(in_repo(base + (d / "one").string() + " batch_size=4 grad_accum=1"));
+  auto two = run_cmd(in_repo(base + (d / "two").string() + " batch_size=2 grad_accum=2"));
+  INFO(one.err << two.err);
+  REQUIRE(one.exit_code == 0);
+  REQUIRE(two.exit_code == 0);
+  auto l1 = loss_values(d / "one" / "metrics.jsonl"), l2 = loss_values(d / "two" / "metrics.jsonl");
+  REQUIRE(l1.size() == 3);
+  REQUIRE(l2.size() == 3);
+  for (size_t i = 0; i < 3; ++i) CHECK(std::stod(l1[i]) == Approx(std::stod(l2[i])).epsilon(1e-5));
+  auto w1 = tensors(d / "one" / "model" / "model.safetensors"), w2 = tensors(d / "two" / "model" / "model.safetensors");
+  for (auto& [name, t] : w1) {
+    INFO(name);
+    CHECK(at::allclose(t, w2.at(name), 1e-4, 1e-6));
+  }
+}
+
+TEST_CASE("freezing by layer range and name pattern leaves those weights untouched", "[stages][freeze]") {
+  auto d = dsk::test::scratch_dir("freeze");
+  std::string base = dsk_exe() + " finetune configs/stories260k/full-shakespeare.yaml data.seq_len=32 batch_size=2 "
+                     "eval.max_batches=1 checkpoint.every=0 threads=1 freeze.layers=0-1 "
+                     "freeze.patterns=[*.mlp.down_proj.weight] output_dir=";
+  auto a = run_cmd(in_repo(base + (d / "a").string() + " max_steps=1"));
+  auto b = run_cmd(in_repo(base + (d / "b").string() + " max_steps=3"));
+  INFO(a.err << b.err);
+  REQUIRE(a.exit_code == 0);
+  REQUIRE(b.exit_code == 0);
+  CHECK_THAT(a.err, Contains("trainable"));
+  auto wa = tensors(d / "a" / "model" / "model.safetensors"), wb = tensors(d / "b" / "model" / "model.safetensors");
+  for (auto& [name, t] : wa) {
+    INFO(name);
+    bool frozen = name.rfind("model.layers.0.", 0) == 0 || name.rfind("model.layers.1.", 0) == 0 ||
+                  name.find("mlp.down_proj") != std::string::npos;
+    if (frozen) CHECK(at::equal(t, wb.at(name)));
+  }
+  CHECK_FALSE(at::equal(wa.at("model.layers.3.mlp.up_proj.weight"), wb.at("model.layers.3.mlp.up_proj.weight")));
+}

@@ -260,7 +260,7 @@ TEST_CASE("rope inverse frequencies, plain and with llama3 scaling", "[llama][ro
   cfg.rope_high_freq_factor = 4.0;
   cfg.rope_original_max_position_embeddings = 64;
   at::Tensor s = rope_inv_freq(cfg);
-  const double smooth = (64.0 / (2 * M_PI / 0.1) - 1.0) / 3.0;
+  const double smooth = (64.0 / (2 * 3.14159265358979323846 / 0.1) - 1.0) / 3.0;
   CHECK(s[0].item<double>() == Approx(1.0));
   CHECK(s[1].item<double>() == Approx((1 - smooth) * 0.1 / 8 + smooth * 0.1).epsilon(1e-5));
   CHECK(s[2].item<double>() == Approx(0.01 / 8).epsilon(1e-5));
