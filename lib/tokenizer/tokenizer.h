@@ -1,5 +1,5 @@
 // Tokenizer — text <-> token ids. Two implementations behind one interface:
-//   SentencePiece .model files (libsentencepiece)       -> tokenizer/sentencepiece.cpp
+//   SentencePiece .model files (our own reader)         -> tokenizer/sentencepiece.cpp
 //   Hugging Face tokenizer.json byte-level BPE (GPT-2,  -> tokenizer/bpe.cpp, tokenizer/hf_json.cpp
 //   Llama-3, Qwen2), and GPT-2 vocab.json + merges.txt
 // File detection, BOS/EOS rules and special tokens: docs/tokenizers.md.
