@@ -6,7 +6,7 @@
 //   greedy decoding   token for token, 256 tokens after BOS
 //   llama2.c -> HF directory -> load   max |logits difference| <= 1e-6
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/grad_mode.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -25,17 +25,32 @@ using namespace dsk::models;
 
 namespace {
 
-// The reference file, produced on first use.
+// The reference file, produced once per binary — and reused across binaries (ctest runs each test
+// case in its own process) while it is newer than both the script and the checkpoint. Written
+// under a temporary name and renamed, so parallel test processes never read half a file.
 std::shared_ptr<ckpt::SafetensorsFile> reference() {
   static std::shared_ptr<ckpt::SafetensorsFile> ref = [] {
-    auto dir = test::scratch_dir("golden_llama2c");
-    std::string out = (dir / "ref.safetensors").string();
-    std::string cmd = "/usr/bin/python3 " + std::string(DSK_SOURCE_DIR) + "/tests/golden/llama2c_ref.py --model " +
-                      test::data_path("stories260K.bin") + " --out " + out + " --threads 1";
-    test::CmdResult r = test::run_cmd(cmd);
-    INFO("command: " << cmd << "\nstderr: " << r.err);
-    REQUIRE(r.exit_code == 0);
-    return ckpt::SafetensorsFile::open(out);
+    namespace stdfs = std::filesystem;
+    const stdfs::path script = stdfs::path(DSK_SOURCE_DIR) / "tests/golden/llama2c_ref.py";
+    const stdfs::path model = test::data_path("stories260K.bin");
+    const stdfs::path dir = stdfs::path(DSK_TEST_TMP) / "golden_llama2c_ref";
+    const stdfs::path out = dir / "ref.safetensors";
+    std::error_code ec;
+    stdfs::create_directories(dir, ec);
+    auto fresh = [&] {
+      return stdfs::exists(out, ec) && stdfs::last_write_time(out, ec) > stdfs::last_write_time(script, ec) &&
+             stdfs::last_write_time(out, ec) > stdfs::last_write_time(model, ec);
+    };
+    if (!fresh()) {
+      const std::string tmp = out.string() + ".tmp." + std::to_string(::getpid());
+      std::string cmd = "/usr/bin/python3 " + script.string() + " --model " + model.string() + " --out " + tmp +
+                        " --threads 1";
+      test::CmdResult r = test::run_cmd(cmd);
+      INFO("command: " << cmd << "\nstderr: " << r.err);
+      REQUIRE(r.exit_code == 0);
+      stdfs::rename(tmp, out);
+    }
+    return ckpt::SafetensorsFile::open(out.string());
   }();
   return ref;
 }
