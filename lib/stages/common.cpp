@@ -19,6 +19,8 @@ Runtime setup_runtime(const config::Config& cfg) {
   if (threads < 0) fail_usage_hint("threads must be >= 0", "use 0 for all cores");
   rt.threads = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
   at::set_num_threads(rt.threads);
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  log::debug("runtime: {} threads, OMP_WAIT_POLICY={}", rt.threads, wait_policy ? wait_policy : "(unset)");
   at::manual_seed(static_cast<uint64_t>(cfg.get_int("seed")));
 
   const std::string& device = cfg.get_string("device");

@@ -206,6 +206,29 @@ TEST_CASE("generate: greedy story from stories260K", "[stages][generate]") {
   CHECK(s1.out != s3.out);
 }
 
+TEST_CASE("compute subcommands run with passive OpenMP waiting unless the user chose", "[stages][process]") {
+  const std::string gen = dsk_exe() + " generate configs/stories260k/generate.yaml generate.max_new_tokens=8";
+  auto tuned = run_cmd(in_repo("env -u OMP_WAIT_POLICY -u DSK_NO_TUNE DSK_LOG_LEVEL=debug " + gen));
+  auto user = run_cmd(in_repo("env -u DSK_NO_TUNE OMP_WAIT_POLICY=ACTIVE DSK_LOG_LEVEL=debug " + gen));
+  auto off = run_cmd(in_repo("env -u OMP_WAIT_POLICY DSK_NO_TUNE=1 DSK_LOG_LEVEL=debug " + gen));
+  INFO(tuned.err << user.err << off.err);
+  REQUIRE(tuned.exit_code == 0);
+  REQUIRE(user.exit_code == 0);
+  REQUIRE(off.exit_code == 0);
+  CHECK_THAT(tuned.err, Contains("OMP_WAIT_POLICY=PASSIVE"));
+  CHECK_THAT(user.err, Contains("OMP_WAIT_POLICY=ACTIVE"));
+  CHECK_THAT(off.err, Contains("OMP_WAIT_POLICY=(unset)"));
+  // The re-exec is invisible: one resolved-config print, the same output.
+  auto count = [](const std::string& s, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = s.find(what); at != std::string::npos; at = s.find(what, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count(tuned.err, "OMP_WAIT_POLICY=") == 1);
+  CHECK(tuned.out == off.out);
+  CHECK(tuned.out == user.out);
+}
+
 TEST_CASE("eval: eval.json with nll, ppl = exp(nll), token count", "[stages][eval]") {
   auto d = dsk::test::scratch_dir("eval");
   auto r = run_cmd(in_repo(dsk_exe() + " eval configs/stories260k/eval-tinystories.yaml output_dir=" + d.string()));
