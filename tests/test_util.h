@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "core/error.h"
+
 namespace dsk::test {
 
 // A file under the data/ folder that scripts/get-data fills. Skips the test with a
@@ -38,6 +40,18 @@ CmdResult run_cmd(const std::string& cmdline);
 inline std::string dsk_bin() {
   const char* env = std::getenv("DSK_BIN");
   return env ? env : DSK_BIN;
+}
+
+// The dsk::Error that f() throws; fails the test when it throws none.
+template <typename F>
+dsk::Error error_of(F&& f) {
+  try {
+    f();
+  } catch (const dsk::Error& e) {
+    return e;
+  }
+  FAIL("expected a dsk::Error");
+  return dsk::Error(dsk::Error::Kind::Runtime, "");
 }
 
 }  // namespace dsk::test

@@ -17,7 +17,7 @@ using dsk::ckpt::save_hf_dir;
 using dsk::models::LlamaConfig;
 using Catch::Matchers::Contains;
 namespace stdfs = std::filesystem;
-using dsk::test::ckpt_error_of;
+using dsk::test::error_of;
 
 namespace {
 
@@ -236,14 +236,14 @@ TEST_CASE("a missing shard or a tensor missing from its shard is a clear error",
 
   index["weight_map"]["model.layers.9.mlp.up_proj.weight"] = second;
   write_json(dir / "model.safetensors.index.json", index);
-  auto e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
+  auto e = error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitRuntime);
   CHECK_THAT(e.message(), Contains("tensor 'model.layers.9.mlp.up_proj.weight' is listed in "
                                    "model.safetensors.index.json but not stored in the shard") &&
                               Contains(second));
 
   stdfs::remove(dir / second);
-  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
+  e = error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("shard '" + second + "'") && Contains("is missing") &&
                               Contains("model.safetensors.index.json"));
@@ -257,19 +257,19 @@ TEST_CASE("a missing shard or a tensor missing from its shard is a clear error",
 
 TEST_CASE("a missing or weightless directory is a usage error", "[ckpt][hf]") {
   auto dir = dsk::test::scratch_dir("hf_no_weights");
-  auto e = ckpt_error_of([&] { load_hf_weights((dir / "absent").string()); });
+  auto e = error_of([&] { load_hf_weights((dir / "absent").string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("does not exist"));
-  e = ckpt_error_of([&] { read_hf_config((dir / "absent").string()); });
+  e = error_of([&] { read_hf_config((dir / "absent").string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
-  e = ckpt_error_of([&] { read_hf_config(dir.string()); });
+  e = error_of([&] { read_hf_config(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("config.json"));
-  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
+  e = error_of([&] { load_hf_weights(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("has neither model.safetensors nor model.safetensors.index.json"));
   std::ofstream(dir / "pytorch_model.bin") << "x";
-  e = ckpt_error_of([&] { load_hf_weights(dir.string()); });
+  e = error_of([&] { load_hf_weights(dir.string()); });
   CHECK_THAT(e.hint(), Contains("safetensors only"));
 }
 
@@ -374,7 +374,7 @@ TEST_CASE("config.json missing a required field is a usage error naming field an
     auto j = llama_config_json();
     j.erase(field);
     auto dir = dir_with_config("hf_cfg_missing", j);
-    auto e = ckpt_error_of([&] { read_hf_config(dir.string()); });
+    auto e = error_of([&] { read_hf_config(dir.string()); });
     CHECK(e.exit_code() == dsk::kExitUsage);
     CHECK_THAT(e.message(), Contains((dir / "config.json").string()) &&
                                 Contains(std::string("required field \"") + field + "\" is missing"));
@@ -384,7 +384,7 @@ TEST_CASE("config.json missing a required field is a usage error naming field an
 TEST_CASE("read_hf_config rejects what dsk cannot run", "[ckpt][hf]") {
   auto usage_error = [](const std::string& name, const nlohmann::json& j) {
     auto dir = dir_with_config(name, j);
-    auto e = ckpt_error_of([&] { read_hf_config(dir.string()); });
+    auto e = error_of([&] { read_hf_config(dir.string()); });
     CHECK(e.exit_code() == dsk::kExitUsage);
     CHECK_THAT(e.message(), Contains((dir / "config.json").string()));
     return e.message();

@@ -16,7 +16,7 @@ using dsk::ckpt::SafetensorsFile;
 using dsk::ckpt::save_safetensors;
 using Catch::Matchers::Contains;
 namespace stdfs = std::filesystem;
-using dsk::test::ckpt_error_of;
+using dsk::test::error_of;
 using dsk::test::put;
 using dsk::test::slurp;
 
@@ -238,10 +238,10 @@ TEST_CASE("a file written by us passes the Python checker", "[ckpt][safetensors]
 TEST_CASE("a missing file or a directory is a usage error", "[ckpt][safetensors][corrupt]") {
   auto dir = dsk::test::scratch_dir("st_missing");
   const std::string p = (dir / "absent.safetensors").string();
-  auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
+  auto e = error_of([&] { SafetensorsFile::open(p); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains(p) && Contains("does not exist"));
-  e = ckpt_error_of([&] { SafetensorsFile::open(dir.string()); });
+  e = error_of([&] { SafetensorsFile::open(dir.string()); });
   CHECK(e.exit_code() == dsk::kExitUsage);
   CHECK_THAT(e.message(), Contains("not a regular file"));
 }
@@ -257,7 +257,7 @@ TEST_CASE("a file truncated anywhere fails at open", "[ckpt][safetensors][corrup
   const std::string p = (dir / "cut.safetensors").string();
   auto open_cut = [&](size_t keep) {
     put(p, bytes.substr(0, keep));
-    auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
+    auto e = error_of([&] { SafetensorsFile::open(p); });
     CHECK(e.exit_code() == dsk::kExitRuntime);
     CHECK_THAT(e.message(), Contains(p));
     return e.message();
@@ -304,7 +304,7 @@ TEST_CASE("bad tensor entries fail with the tensor named", "[ckpt][safetensors][
   auto dir = dsk::test::scratch_dir("st_bad_entries");
   auto open_error = [&](const std::string& header, size_t data_bytes) {
     std::string p = make_raw(dir, header, data_bytes);
-    auto e = ckpt_error_of([&] { SafetensorsFile::open(p); });
+    auto e = error_of([&] { SafetensorsFile::open(p); });
     CHECK(e.exit_code() == dsk::kExitRuntime);
     CHECK_THAT(e.message(), Contains(p));
     return e.message();

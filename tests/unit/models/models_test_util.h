@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "models/llama.h"
+#include "test_util.h"
 
 namespace dsk::test {
 
@@ -53,18 +54,6 @@ inline at::Tensor random_tokens(int64_t B, int64_t T, int64_t vocab, uint64_t se
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
-
-// The dsk::Error a callable throws (fails the test when none is thrown).
-template <typename F>
-dsk::Error error_of(F&& f) {
-  try {
-    f();
-  } catch (const dsk::Error& e) {
-    return e;
-  }
-  FAIL("expected a dsk::Error");
-  return dsk::Error(dsk::Error::Kind::Runtime, "");
 }
 
 }  // namespace dsk::test
