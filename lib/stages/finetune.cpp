@@ -140,6 +140,7 @@ struct Trainer {
   std::unique_ptr<train::Schedule> schedule;
   std::unique_ptr<data::Loader> loader;
   int64_t total_steps = 0;
+  std::optional<double> eval_nll_before;  // kept in state.json so a resumed run still reports it
   int64_t grad_accum = 1;
   stdfs::path out;
 
@@ -237,6 +238,7 @@ struct Trainer {
                             {"dsk_version", DSK_VERSION},
                             {"method", lora ? "lora" : "full"},
                             {"elapsed_s", elapsed}};
+    if (eval_nll_before) state["eval_nll_before"] = *eval_nll_before;
     auto meta = artifact_metadata(cfg);
     auto path = ckpts.save(step, state, [&](const stdfs::path& dir) {
       NamedTensors weights;
@@ -277,6 +279,7 @@ struct Trainer {
       opt->load_state_tensors(read_all(dir / "optimizer.safetensors"));
       train::set_rng_state(read_all(dir / "rng.safetensors").at("torch_cpu"));
       loader->set_position({state.at("epoch").get<int64_t>(), state.at("batch_index").get<int64_t>()});
+      if (state.contains("eval_nll_before")) eval_nll_before = state.at("eval_nll_before").get<double>();
       return {state.at("step").get<int64_t>(), state.value("elapsed_s", 0.0)};
     } catch (const nlohmann::json::exception& e) {
       fail("checkpoint '{}': state.json is missing a field: {}", dir.string(), e.what());
@@ -324,12 +327,11 @@ struct Trainer {
     train::EventWriter events(out);
     if (start_step > 0) events.add_session_start(start_step + 1);
 
-    std::optional<EvalResult> eval_before;
     if (data.eval.count() > 0 && start_step == 0) {
-      eval_before = run_eval();
-      log::info("eval before training: nll {:.4f}, ppl {:.2f} ({} tokens)", eval_before->nll, eval_before->ppl,
-                eval_before->tokens);
-      events.add_scalars(0, {{"eval/loss", eval_before->nll}, {"eval/ppl", eval_before->ppl}});
+      EvalResult before = run_eval();
+      eval_nll_before = before.nll;
+      log::info("eval before training: nll {:.4f}, ppl {:.2f} ({} tokens)", before.nll, before.ppl, before.tokens);
+      events.add_scalars(0, {{"eval/loss", before.nll}, {"eval/ppl", before.ppl}});
     }
 
     const int64_t eval_every = cfg.get_int("eval.every");
@@ -411,10 +413,10 @@ struct Trainer {
       EvalResult after = run_eval();
       log::info("eval after training: nll {:.4f}, ppl {:.2f} ({} tokens)", after.nll, after.ppl, after.tokens);
       events.add_scalars(step, {{"eval/loss", after.nll}, {"eval/ppl", after.ppl}});
-      if (eval_before) {
-        summary["eval_nll_before"] = eval_before->nll;
-        log::info("eval nll {:.4f} -> {:.4f} ({:+.1f}%)", eval_before->nll, after.nll,
-                  100.0 * (after.nll - eval_before->nll) / eval_before->nll);
+      if (eval_nll_before) {
+        summary["eval_nll_before"] = *eval_nll_before;
+        log::info("eval nll {:.4f} -> {:.4f} ({:+.1f}%)", *eval_nll_before, after.nll,
+                  100.0 * (after.nll - *eval_nll_before) / *eval_nll_before);
       }
       summary["eval_nll"] = after.nll;
       summary["eval_ppl"] = after.ppl;

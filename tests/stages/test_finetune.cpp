@@ -312,3 +312,37 @@ TEST_CASE("freezing by layer range and name pattern leaves those weights untouch
   }
   CHECK_FALSE(at::equal(wa.at("model.layers.3.mlp.up_proj.weight"), wb.at("model.layers.3.mlp.up_proj.weight")));
 }
+
+TEST_CASE("epochs: the step count follows the data, and a resumed run extends it", "[stages][epochs]") {
+  auto d = dsk::test::scratch_dir("epochs");
+  {  // a small corpus: the first 12,000 characters of Shakespeare
+    std::string text = slurp(dsk::test::data_path("tinyshakespeare.txt")).substr(0, 12000);
+    std::ofstream(d / "small.txt") << text;
+  }
+  const std::string base = dsk_exe() + " finetune configs/stories260k/lora-shakespeare.yaml ~max_steps data.train.path=" +
+                           (d / "small.txt").string() + " batch_size=4 grad_accum=2 data.seq_len=32 eval.every=0 " +
+                           "eval.max_batches=2 checkpoint.every=0 log.every=1 threads=1 output_dir=" + (d / "run").string();
+  auto one = run_cmd(in_repo(base + " epochs=1"));
+  INFO(one.err);
+  REQUIRE(one.exit_code == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(one.err, m, std::regex("data: (\\d+) train windows")));
+  const int64_t windows = std::stoll(m[1]);
+  const int64_t per_epoch = (windows / 4 + 1) / 2;  // full batches of 4 (the last partial one dropped), 2 per step
+  REQUIRE(per_epoch >= 2);
+  json s1 = json::parse(one.out);
+  CHECK(s1.at("steps").get<int64_t>() == per_epoch);
+  CHECK(loss_values(d / "run" / "metrics.jsonl").size() == static_cast<size_t>(per_epoch));
+
+  // Ask for 2.5 epochs on the finished run: it resumes at the end of epoch 1 and runs the rest,
+  // and still reports the NLL measured before the first step.
+  auto more = run_cmd(in_repo(base + " epochs=2.5 resume=auto"));
+  INFO(more.err);
+  REQUIRE(more.exit_code == 0);
+  json s2 = json::parse(more.out);
+  const int64_t total = (5 * (windows / 4) + 3) / 4;  // ceil(2.5 * batches / 2)
+  CHECK(s2.at("steps").get<int64_t>() == total);
+  CHECK(loss_values(d / "run" / "metrics.jsonl").size() == static_cast<size_t>(total));
+  CHECK(s2.at("eval_nll_before").get<double>() == s1.at("eval_nll_before").get<double>());
+  CHECK_THAT(more.err, Contains("resumed from"));
+}
