@@ -1,0 +1,136 @@
+// Two real processes over Gloo on 127.0.0.1: the parent is rank 0, a forked child rank 1.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "dist/comm.h"
+#include "test_util.h"
+
+using dsk::dist::Comm;
+using dsk::dist::CommOptions;
+using dsk::dist::DistEnv;
+using dsk::test::error_of;
+using Catch::Matchers::Contains;
+
+namespace {
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+DistEnv env_for(int rank, int port) {
+  DistEnv e;
+  e.rank = rank;
+  e.world_size = 2;
+  e.master_port = port;
+  e.source = "torchrun";
+  return e;
+}
+
+// Runs body(comm) as rank 1 in a child process; returns a pid to wait on.
+template <typename F>
+pid_t spawn_rank1(int port, CommOptions opt, F body) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int code = 0;
+    try {
+      auto c = Comm::connect(env_for(1, port), opt);
+      code = body(*c);
+    } catch (...) {
+      code = 99;
+    }
+    ::_exit(code);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST_CASE("two ranks over Gloo: sum, max, reduce to one rank, broadcast", "[dist]") {
+  const int port = free_port();
+  CommOptions opt;
+  opt.timeout = std::chrono::seconds(30);
+  // The child checks its own results and reports through its exit code.
+  pid_t child = spawn_rank1(port, opt, [](Comm& c) {
+    auto s = at::full({3}, 2.0);
+    c.allreduce_sum(s);
+    if (!at::equal(s, at::full({3}, 3.0))) return 1;
+    auto m = at::tensor({5.0, 0.0});
+    c.allreduce_max(m);
+    if (!at::equal(m, at::tensor({5.0, 7.0}))) return 2;
+    auto r = at::full({2}, 10.0);
+    c.reduce_sum_async(r, 0).wait();
+    auto b = at::zeros({4});
+    c.broadcast(b, 0);
+    if (!at::equal(b, at::arange(4).to(at::kFloat))) return 3;
+    c.barrier();
+    return 0;
+  });
+  auto c = Comm::connect(env_for(0, port), opt);
+  CHECK(c->size() == 2);
+  CHECK(c->rank() == 0);
+  CHECK(c->backend() == "gloo");
+  auto s = at::full({3}, 1.0);
+  c->allreduce_sum(s);
+  CHECK(at::equal(s, at::full({3}, 3.0)));
+  auto m = at::tensor({1.0, 7.0});
+  c->allreduce_max(m);
+  CHECK(at::equal(m, at::tensor({5.0, 7.0})));
+  auto r = at::full({2}, 1.0);
+  c->reduce_sum_async(r, 0).wait();
+  CHECK(at::equal(r, at::full({2}, 11.0)));
+  auto b = at::arange(4).to(at::kFloat);
+  c->broadcast(b, 0);
+  c->barrier();
+  CHECK(wait_exit(child) == 0);
+}
+
+TEST_CASE("a single-process Comm needs no store and its collectives are identities", "[dist]") {
+  auto c = Comm::single();
+  auto t = at::tensor({1.0, 2.0});
+  c->allreduce_sum(t);
+  c->broadcast(t, 0);
+  c->barrier();
+  CHECK(c->size() == 1);
+  CHECK(at::equal(t, at::tensor({1.0, 2.0})));
+}
+
+TEST_CASE("a rank that dies is named by the survivors' error", "[dist]") {
+  const int port = free_port();
+  CommOptions opt;
+  opt.timeout = std::chrono::seconds(5);
+  pid_t child = spawn_rank1(port, opt, [](Comm& c) {
+    c.barrier();  // joined and in step; then vanish without a word
+    ::_exit(9);
+    return 0;
+  });
+  auto c = Comm::connect(env_for(0, port), opt);
+  c->barrier();
+  CHECK(wait_exit(child) == 9);
+  auto t0 = std::chrono::steady_clock::now();
+  auto e = error_of([&] {
+    auto t = at::ones({4});
+    c->allreduce_sum(t);
+  });
+  double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(e.kind() == dsk::Error::Kind::Runtime);
+  CHECK_THAT(e.what(), Contains("rank 1 stopped responding"));
+  CHECK(took < 5 + 10);  // within the timeout plus the heartbeat check
+}
