@@ -14,6 +14,7 @@
 #include "core/log.h"
 #include "core/process.h"
 #include "core/signals.h"
+#include "dist/launch.h"
 #include "stages/stages.h"
 
 namespace {
@@ -47,6 +48,7 @@ std::vector<std::string> command_names() {
   std::vector<std::string> names;
   for (const auto& c : kCommands) names.push_back(c.name);
   names.push_back("validate");
+  names.push_back("launch");
   return names;
 }
 
@@ -58,6 +60,7 @@ void print_usage(FILE* out) {
                DSK_VERSION);
   for (const auto& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
   std::fprintf(out, "  %-10s %s\n", "validate", "check a config without running it (all errors at once)");
+  std::fprintf(out, "  %-10s %s\n", "launch", "run N processes of a subcommand on this machine: launch --nproc N -- SUBCOMMAND ...");
   std::fprintf(out,
                "\nRun 'dsk SUBCOMMAND --help' for its config keys. Overrides: key=value sets, ~key deletes;\n"
                "strings may use ${VAR} or ${VAR:-default}. Exit codes: 0 ok, 1 failure, 2 bad usage or\n"
@@ -150,6 +153,42 @@ int run_config_command(const std::string& name, int argc, char** argv) {
   }
 }
 
+// dsk launch --nproc N [--master-port P] -- SUBCOMMAND CFG [overrides]
+int run_launch(int argc, char** argv) {
+  std::vector<std::string> rest;
+  int split = argc;
+  for (int i = 1; i < argc; ++i)
+    if (!std::strcmp(argv[i], "--")) {
+      split = i;
+      break;
+    }
+  for (int i = split + 1; i < argc; ++i) rest.emplace_back(argv[i]);
+  dsk::dist::LaunchOptions opt;
+  CLI::App app{"run N processes of a dsk subcommand on this machine, each with RANK, WORLD_SIZE, LOCAL_RANK, "
+               "MASTER_ADDR and MASTER_PORT set; stderr lines get a [rank K] prefix; if one rank fails the others "
+               "are stopped and its exit code is returned",
+               "dsk launch"};
+  app.add_option("--nproc", opt.nproc, "number of processes")->required()->check(CLI::Range(1, 4096));
+  app.add_option("--master-port", opt.master_port, "rendezvous port (default: a free one)");
+  app.add_option("--grace", opt.grace_s, "seconds the other ranks get to exit after one fails (default 10)");
+  app.footer("usage: dsk launch --nproc N -- SUBCOMMAND CONFIG.yaml [key=value ...]");
+  try {
+    app.parse(split, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::fputs(app.help().c_str(), stdout);
+    return dsk::kExitOk;
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "dsk launch: error: %s (see 'dsk launch --help')\n", e.what());
+    return dsk::kExitUsage;
+  }
+  if (rest.empty() || !find_command(rest[0])) {
+    std::fprintf(stderr, "dsk launch: error: %s (fix: dsk launch --nproc N -- finetune CFG [overrides])\n",
+                 rest.empty() ? "no subcommand after '--'" : ("'" + rest[0] + "' is not a subcommand that runs a config").c_str());
+    return dsk::kExitUsage;
+  }
+  return dsk::dist::launch(opt, rest);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -175,6 +214,7 @@ int main(int argc, char** argv) {
       return dsk::kExitOk;
     }
     if (name == "validate" || find_command(name)) return run_config_command(name, argc - 1, argv + 1);
+    if (name == "launch") return run_launch(argc - 1, argv + 1);
   } catch (const dsk::Error& e) {
     return report("dsk " + name, e);
   } catch (const std::exception& e) {

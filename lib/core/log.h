@@ -29,4 +29,9 @@ void warn(fmt::format_string<Args...> f, Args&&... args) {
   if (level() <= Level::Warn) write(Level::Warn, fmt::format(f, std::forward<Args>(args)...));
 }
 
+template <typename... Args>
+void error(fmt::format_string<Args...> f, Args&&... args) {
+  write(Level::Error, fmt::format(f, std::forward<Args>(args)...));
+}
+
 }  // namespace dsk::log

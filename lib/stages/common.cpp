@@ -10,11 +10,20 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "dist/env.h"
 
 namespace dsk::stages {
 
 Runtime setup_runtime(const config::Config& cfg) {
   Runtime rt;
+  // Multi-process runs: the launcher plumbing (lib/dist) is in; the stages' data-parallel
+  // training is not yet, so refuse rather than let N independent copies share one output_dir.
+  dist::DistEnv env = dist::detect_env();
+  if (env.distributed())
+    fail_usage_hint(fmt::format("rank {} of {} (from {} variables): this version runs each subcommand in one "
+                                "process; data-parallel training is not implemented yet",
+                                env.rank, env.world_size, env.source),
+                    "run without dsk launch / srun / torchrun variables (unset RANK and WORLD_SIZE)");
   int64_t threads = cfg.get_int("threads");
   if (threads < 0) fail_usage_hint("threads must be >= 0", "use 0 for all cores");
   rt.threads = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));

@@ -145,3 +145,21 @@ TEST_CASE("existing non-empty output_dir without resume is refused and left unto
   CHECK(slurp(d / "out" / "precious.txt") == "keep me");
   CHECK(std::distance(fs::directory_iterator(d / "out"), fs::directory_iterator()) == 1);
 }
+
+TEST_CASE("dsk launch: ranks get torchrun variables, prefixed stderr, and a failure's exit code", "[cli][launch]") {
+  auto r = run_cmd("cd " + src("") + " && " + dsk_exe() + " launch --nproc 2 -- generate configs/stories260k/generate.yaml");
+  // A rank reports its own RANK/WORLD_SIZE (this version refuses multi-process generate) under
+  // its prefix, and launch returns the failed rank's exit code. (Which rank fails first is a race:
+  // the launcher stops the other one then.)
+  INFO(r.err);
+  CHECK(r.exit_code == 2);
+  CHECK(std::regex_search(r.err, std::regex(R"(\[rank ([01])\] dsk generate: error: rank \1 of 2 \(from torchrun variables\))")));
+  CHECK(std::regex_search(r.err, std::regex(R"(launch: rank [01] exited with code 2; stopping the other ranks)")));
+  CHECK_THAT(r.err, Contains("rendezvous 127.0.0.1:"));
+  auto bad = run_cmd(dsk_exe() + " launch --nproc 0 -- eval x.yaml");
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.err, Contains("--nproc"));
+  auto none = run_cmd(dsk_exe() + " launch --nproc 2");
+  CHECK(none.exit_code == 2);
+  CHECK_THAT(none.err, Contains("no subcommand after '--'"));
+}
