@@ -19,22 +19,6 @@
 namespace dsk::dist {
 namespace {
 
-int pick_free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) fail("dsk launch: cannot open a socket: {}", std::strerror(errno));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    ::close(fd);
-    fail("dsk launch: cannot find a free port: {}", std::strerror(errno));
-  }
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
-
 struct Rank {
   pid_t pid = -1;
   int out = -1, err = -1;  // read ends
@@ -72,6 +56,22 @@ void emit_lines(std::string& buf, int fd, const std::string& prefix, bool flush)
 }
 
 }  // namespace
+
+int pick_free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) fail("dsk launch: cannot open a socket: {}", std::strerror(errno));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    fail("dsk launch: cannot find a free port: {}", std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 int launch(const LaunchOptions& opt, const std::vector<std::string>& args) {
   if (opt.nproc < 1) fail_usage_hint(fmt::format("--nproc {} is not a process count", opt.nproc), "use --nproc 1 or more");

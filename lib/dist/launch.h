@@ -19,6 +19,9 @@ struct LaunchOptions {
   double grace_s = 10.0;     // after a failure, how long the others get to exit before SIGKILL
 };
 
+// A TCP port on 127.0.0.1 that is free right now (the kernel picks it).
+int pick_free_port();
+
 // Returns the exit code for the launcher. `args` is what follows `--`.
 int launch(const LaunchOptions& opt, const std::vector<std::string>& args);
 

@@ -1,12 +1,11 @@
 // Two real processes over Gloo on 127.0.0.1: the parent is rank 0, a forked child rank 1.
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 
 #include "dist/comm.h"
+#include "dist/launch.h"
 #include "test_util.h"
 
 using dsk::dist::Comm;
@@ -16,18 +15,6 @@ using dsk::test::error_of;
 using Catch::Matchers::Contains;
 
 namespace {
-
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
-  return ntohs(a.sin_port);
-}
 
 DistEnv env_for(int rank, int port) {
   DistEnv e;
@@ -64,7 +51,7 @@ int wait_exit(pid_t pid) {
 }  // namespace
 
 TEST_CASE("two ranks over Gloo: sum, max, reduce to one rank, broadcast", "[dist]") {
-  const int port = free_port();
+  const int port = dsk::dist::pick_free_port();
   CommOptions opt;
   opt.timeout = std::chrono::seconds(30);
   // The child checks its own results and reports through its exit code.
@@ -113,7 +100,7 @@ TEST_CASE("a single-process Comm needs no store and its collectives are identiti
 }
 
 TEST_CASE("a rank that dies is named by the survivors' error", "[dist]") {
-  const int port = free_port();
+  const int port = dsk::dist::pick_free_port();
   CommOptions opt;
   opt.timeout = std::chrono::seconds(5);
   pid_t child = spawn_rank1(port, opt, [](Comm& c) {
