@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdlib>
+#include <unistd.h>
+
 #include <filesystem>
 #include <string>
 
@@ -19,9 +21,10 @@ inline std::string data_path(const std::string& name) {
   return p.string();
 }
 
-// A fresh, empty scratch directory unique to this test name.
+// A fresh, empty scratch directory unique to this test name and process (ctest runs test cases
+// in parallel processes; two that share a name must not share files).
 inline std::filesystem::path scratch_dir(const std::string& name) {
-  std::filesystem::path p = std::filesystem::path(DSK_TEST_TMP) / name;
+  std::filesystem::path p = std::filesystem::path(DSK_TEST_TMP) / (name + "." + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p;

@@ -56,9 +56,10 @@ class FakeTokenizer : public tok::Tokenizer {
 
 inline std::vector<int32_t> bytes_ids(const std::string& s) { return FakeTokenizer().encode(s); }
 
-// Writes `content` to <scratch>/<test>/<name> (the directory is kept); returns its path.
+// Writes `content` to <scratch>/<test>.<pid>/<name> (the directory is kept); returns its path.
+// The pid keeps test cases that ctest runs in parallel processes out of each other's files.
 inline std::string write_scratch(const std::string& test, const std::string& name, const std::string& content) {
-  std::filesystem::path dir = std::filesystem::path(DSK_TEST_TMP) / test;
+  std::filesystem::path dir = std::filesystem::path(DSK_TEST_TMP) / (test + "." + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::string path = (dir / name).string();
   std::ofstream(path, std::ios::binary) << content;
