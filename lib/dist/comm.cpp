@@ -195,6 +195,22 @@ void Comm::broadcast(at::Tensor t, int src) {
   }).wait();
 }
 
+void Comm::send(at::Tensor t, int dst) {
+  if (size_ == 1) return;
+  start("send", [&] {
+    std::vector<at::Tensor> v{t};
+    return impl_->pg->send(v, dst, 0);
+  }).wait();
+}
+
+void Comm::recv(at::Tensor t, int src) {
+  if (size_ == 1) return;
+  start("receive", [&] {
+    std::vector<at::Tensor> v{t};
+    return impl_->pg->recv(v, src, 0);
+  }).wait();
+}
+
 void Comm::barrier() {
   if (size_ == 1) return;
   start("barrier", [&] { return impl_->pg->barrier(); }).wait();

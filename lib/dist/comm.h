@@ -56,6 +56,9 @@ class Comm {
   void allreduce_max(at::Tensor t);
   Handle reduce_sum_async(at::Tensor t, int dst);  // the sum lands in dst's tensor only
   void broadcast(at::Tensor t, int src);
+  // Point to point (contiguous tensors; both sides agree on shape and dtype).
+  void send(at::Tensor t, int dst);
+  void recv(at::Tensor t, int src);
   void barrier();
 
  private:

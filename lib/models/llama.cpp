@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "models/checkpoint.h"
 
 namespace dsk::models {
 
@@ -280,8 +281,19 @@ at::Tensor LlamaImpl::hidden_states(const at::Tensor& tokens_in, KVCache* cache,
   PositionContext pos = position_context(start, T);
   at::Tensor h = at::embedding(model->embed_tokens->weight, tokens);  // [B, T, C]
   if (layer_outputs) layer_outputs->assign(1, h);
+  const bool recompute = activation_checkpointing && is_training() && at::GradMode::is_enabled() && !cache;
   for (size_t i = 0; i < model->layers.size(); ++i) {
-    h = model->layers[i]->forward(h, pos, cache, static_cast<int64_t>(i));
+    if (recompute) {
+      DecoderLayer layer = model->layers[i];
+      std::vector<at::Tensor> params;
+      for (const auto& p : layer->parameters())
+        if (p.requires_grad()) params.push_back(p);
+      const int64_t index = static_cast<int64_t>(i);
+      auto block = [layer, pos, index](const at::Tensor& x) mutable { return layer->forward(x, pos, nullptr, index); };
+      h = checkpoint(block, h, params);
+    } else {
+      h = model->layers[i]->forward(h, pos, cache, static_cast<int64_t>(i));
+    }
     if (layer_outputs) layer_outputs->push_back(h);
   }
   if (cache) cache->length += T;

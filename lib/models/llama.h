@@ -155,6 +155,9 @@ class LlamaImpl : public torch::nn::Module {
 
   LlamaModel model{nullptr};
   LoraLinear lm_head{nullptr};  // null when tie_word_embeddings
+  // Training with grad mode on: recompute each decoder layer in the backward pass instead of
+  // keeping its activations (models/checkpoint.h). Gradients are unchanged.
+  bool activation_checkpointing = false;
 
  private:
   PositionContext position_context(int64_t start, int64_t T);

@@ -16,14 +16,22 @@ namespace dsk::stages {
 
 Runtime setup_runtime(const config::Config& cfg) {
   Runtime rt;
-  // Multi-process runs: the launcher plumbing (lib/dist) is in; the stages' data-parallel
-  // training is not yet, so refuse rather than let N independent copies share one output_dir.
   dist::DistEnv env = dist::detect_env();
-  if (env.distributed())
-    fail_usage_hint(fmt::format("rank {} of {} (from {} variables): this version runs each subcommand in one "
-                                "process; data-parallel training is not implemented yet",
-                                env.rank, env.world_size, env.source),
-                    "run without dsk launch / srun / torchrun variables (unset RANK and WORLD_SIZE)");
+  if (env.distributed()) {
+    log::set_rank(env.rank);
+    dist::CommOptions copt;
+    if (cfg.has("dist.timeout_s")) {
+      double t = cfg.get_float("dist.timeout_s");
+      if (!(t > 0)) fail_usage_hint("dist.timeout_s must be > 0", "set dist.timeout_s=300 (the default)");
+      copt.timeout = std::chrono::milliseconds(static_cast<int64_t>(t * 1000.0));
+    }
+    if (cfg.has("dist.backend")) copt.backend = cfg.get_string("dist.backend");
+    rt.comm = dist::Comm::connect(env, copt);
+    log::info("rank {} of {} ({} backend, from {} variables)", env.rank, env.world_size, rt.comm->backend(),
+              env.source);
+  } else {
+    rt.comm = dist::Comm::single();
+  }
   int64_t threads = cfg.get_int("threads");
   if (threads < 0) fail_usage_hint("threads must be >= 0", "use 0 for all cores");
   rt.threads = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "config/config.h"
+#include "dist/comm.h"
 #include "data/source.h"
 #include "models/loader.h"
 #include "tokenizer/tokenizer.h"
@@ -19,9 +20,12 @@ struct Runtime {
   c10::Device device = c10::Device(c10::kCPU);
   at::ScalarType dtype = at::kFloat;
   int threads = 1;
+  // The process group: size 1 unless started by dsk launch / torchrun variables / srun.
+  std::shared_ptr<dist::Comm> comm;
 };
 
 // Reads threads/seed/device/dtype; seeds the torch generator. cuda without a GPU is a usage error.
+// In a multi-process run it joins the process group (dist.* keys) and keeps info logs on rank 0.
 Runtime setup_runtime(const config::Config& cfg);
 // tokenizer.path, else the tokenizer inside model.path (a directory).
 std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg);

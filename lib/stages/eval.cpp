@@ -34,7 +34,8 @@ int run_eval(const config::Config& cfg) {
   data::Windows windows = data::prepare_eval_data(spec, opt, *tok);
 
   stdfs::path out;
-  if (cfg.has("output_dir")) {
+  const bool main_rank = rt.comm->is_main();
+  if (cfg.has("output_dir") && main_rank) {
     out = cfg.get_string("output_dir");
     std::error_code ec;
     stdfs::create_directories(out, ec);
@@ -43,7 +44,7 @@ int run_eval(const config::Config& cfg) {
   }
   log_resolved_config(cfg);
   double t0 = now_s();
-  EvalResult r = evaluate(lm.model, windows, static_cast<int>(batch_size), cfg.get_int("max_batches"));
+  EvalResult r = evaluate(lm.model, windows, static_cast<int>(batch_size), cfg.get_int("max_batches"), rt.comm.get());
   double dt = now_s() - t0;
   log::info("eval: nll {:.6f}, ppl {:.4f} over {} tokens in {} windows ({:.1f}s)", r.nll, r.ppl, r.tokens,
             windows.count(), dt);
@@ -58,6 +59,7 @@ int run_eval(const config::Config& cfg) {
                                    {"data", spec.path},
                                    {"dsk_version", DSK_VERSION},
                                    {"config_hash", cfg.hash()}};
+  if (!main_rank) return 0;  // rank 0 writes the results
   if (!out.empty()) fs::write_file_atomic(out / "eval.json", result.dump(2) + "\n");
   std::printf("%s\n", result.dump().c_str());
   std::fflush(stdout);

@@ -24,14 +24,18 @@ BatchTensors window_tensors(const int32_t* tokens, const uint8_t* mask, int64_t 
   return b;
 }
 
-EvalResult evaluate(models::Llama& model, const data::Windows& windows, int batch_size, int64_t max_batches) {
+EvalResult evaluate(models::Llama& model, const data::Windows& windows, int batch_size, int64_t max_batches,
+                    dist::Comm* comm) {
   bool was_training = model->is_training();
   model->eval();
   torch::NoGradGuard no_grad;
+  const int64_t world = comm ? comm->size() : 1, rank = comm ? comm->rank() : 0;
+  int64_t n_batches = (windows.count() + batch_size - 1) / batch_size;
+  if (max_batches > 0) n_batches = std::min(n_batches, max_batches);
   double sum = 0.0;
-  int64_t count = 0, batches = 0;
-  for (int64_t first = 0; first < windows.count(); first += batch_size) {
-    if (max_batches > 0 && batches >= max_batches) break;
+  int64_t count = 0;
+  for (int64_t batch = rank; batch < n_batches; batch += world) {
+    const int64_t first = batch * batch_size;
     int64_t rows = std::min<int64_t>(batch_size, windows.count() - first);
     BatchTensors b = window_tensors(windows.window(first), windows.window_mask(first), rows, windows.seq_len,
                                     model->device());
@@ -40,9 +44,14 @@ EvalResult evaluate(models::Llama& model, const data::Windows& windows, int batc
     auto loss = train::chunked_cross_entropy(hidden, model->classifier_weight(), b.targets);
     sum += loss.loss.item<double>() * static_cast<double>(loss.count);
     count += loss.count;
-    ++batches;
   }
   model->train(was_training);
+  if (world > 1) {
+    at::Tensor t = at::tensor({sum, static_cast<double>(count)}, at::kDouble);
+    comm->allreduce_sum(t);
+    sum = t[0].item<double>();
+    count = static_cast<int64_t>(t[1].item<double>());
+  }
   EvalResult r;
   r.tokens = count;
   r.nll = count > 0 ? sum / static_cast<double>(count) : 0.0;

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "data/pack.h"
+#include "dist/comm.h"
 #include "models/llama.h"
 
 namespace dsk::stages {
@@ -25,8 +26,11 @@ struct BatchTensors {
 BatchTensors window_tensors(const int32_t* tokens, const uint8_t* mask, int64_t rows, int seq_len,
                             c10::Device device);
 
-// Scores windows in order, `batch_size` at a time (max_batches 0: all), without gradients and
-// in eval mode (the model's mode is restored).
-EvalResult evaluate(models::Llama& model, const data::Windows& windows, int batch_size, int64_t max_batches = 0);
+// Scores windows in order, `batch_size` at a time (max_batches 0: all; else the first
+// max_batches batches), without gradients and in eval mode (the model's mode is restored).
+// With a process group of W ranks, rank r scores batches r, r + W, ... and the sums are
+// all-reduced, so every rank returns the result of the whole set.
+EvalResult evaluate(models::Llama& model, const data::Windows& windows, int batch_size, int64_t max_batches = 0,
+                    dist::Comm* comm = nullptr);
 
 }  // namespace dsk::stages

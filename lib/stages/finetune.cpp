@@ -4,6 +4,14 @@
 // output_dir) -> resume (trainable weights, optimizer, RNG, data position) -> train loop
 // (accumulate, clip, step, log, eval, checkpoint, stop on a signal) -> save (checkpoint,
 // adapter/, model/) -> eval after -> one JSON line on stdout.
+//
+// Data parallel (W ranks, docs/distributed.md): every rank runs this same loop on its own
+// shard of each global batch; gradients are summed in buckets during the backward pass of the
+// last micro-step (dist::GradSync), and the loss of every rank is weighted by the global token
+// count, so W ranks at batch b take exactly the step of one process at batch W*b. Each step
+// starts with one small all-reduce that agrees on the token count and on stopping (a signal to
+// any rank stops all after the same step). With zero: 1 each rank keeps the optimizer state of
+// the parameters it owns, updates them and broadcasts them. Only rank 0 writes files.
 #include <ATen/ATen.h>
 #include <fnmatch.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -22,6 +30,7 @@
 #include "core/progress.h"
 #include "core/signals.h"
 #include "data/dataset.h"
+#include "dist/ddp.h"
 #include "models/lora.h"
 #include "stages/common.h"
 #include "stages/evaluate.h"
@@ -139,6 +148,13 @@ struct Trainer {
   std::unique_ptr<train::Optimizer> opt;
   std::unique_ptr<train::Schedule> schedule;
   std::unique_ptr<data::Loader> loader;
+  std::shared_ptr<dist::Comm> comm;
+  bool main_rank = true;
+  int world = 1;
+  std::unique_ptr<dist::GradSync> grad_sync;  // world > 1
+  bool zero = false;                           // ZeRO-1: optimizer state sharded over the ranks
+  std::vector<std::vector<at::Tensor>> owned;  // zero: the trainable tensors each rank updates
+  std::set<std::string> owned_names;           // zero: this rank's
   int64_t total_steps = 0;
   std::optional<double> eval_nll_before;  // kept in state.json so a resumed run still reports it
   int64_t grad_accum = 1;
@@ -146,8 +162,8 @@ struct Trainer {
 
   explicit Trainer(const config::Config& c) : cfg(c) {}
 
+  // Everything before training; rt (and so the process group) is already set up.
   void setup() {
-    rt = setup_runtime(cfg);
     out = cfg.get_string("output_dir");
     const std::string& resume = cfg.get_string("resume");
     grad_accum = cfg.get_int("grad_accum");
@@ -181,6 +197,8 @@ struct Trainer {
     data::LoaderOptions lopt;
     lopt.batch_size = dopt.batch_size;
     lopt.seed = dopt.seed;
+    lopt.world_size = world;
+    lopt.rank = comm->rank();
     loader = std::make_unique<data::Loader>(data.train, lopt);
 
     if (cfg.has("max_steps")) {
@@ -189,7 +207,13 @@ struct Trainer {
       double epochs = cfg.get_float("epochs");
       total_steps = static_cast<int64_t>(std::ceil(epochs * loader->batches_per_epoch() / grad_accum));
     }
-    if (total_steps < 1) fail_usage_hint("the run has no step to take", "set max_steps or epochs above 0");
+    if (total_steps < 1) {
+      if (world > 1 && loader->batches_per_epoch() == 0)
+        fail_usage_hint(fmt::format("{} training windows make no global batch of {} x {} ranks", data.train.count(),
+                                    dopt.batch_size, world),
+                        "use more data, a smaller batch_size or fewer processes");
+      fail_usage_hint("the run has no step to take", "set max_steps or epochs above 0");
+    }
 
     // Method: LoRA adapters (everything else frozen) or full training.
     lora = cfg.get_string("method") == "lora";
@@ -202,18 +226,47 @@ struct Trainer {
       models::apply_lora(lm.model, lora_spec);
     }
     apply_freezing(lm.model, cfg);
+    lm.model->activation_checkpointing = cfg.get_bool("activation_checkpointing");
     trainable = trainable_parameters(lm.model);
     if (trainable.empty()) fail_usage_hint("every parameter is frozen: nothing to train", "relax freeze.*");
     for (auto& t : trainable) trainable_list.push_back(t.second);
 
+    // Data parallel: rank 0's initial weights everywhere (LoRA's random init included), the
+    // gradient hooks, and under ZeRO-1 the partition of the trainable tensors over the ranks.
+    const int64_t zero_stage = cfg.get_int("zero");
+    if (zero_stage != 0 && zero_stage != 1)
+      fail_usage_hint(fmt::format("zero: {} is not supported", zero_stage), "use zero: 0 or zero: 1");
+    zero = zero_stage == 1 && world > 1;
+    NamedTensors opt_params = trainable;
+    if (world > 1) {
+      dist::broadcast_tensors(*comm, trainable_list, 0);
+      const double bucket_mb = cfg.get_float("dist.bucket_mb");
+      if (!(bucket_mb > 0)) fail_usage_hint("dist.bucket_mb must be > 0", "set dist.bucket_mb=25 (the default)");
+      grad_sync = std::make_unique<dist::GradSync>(*comm, trainable_list,
+                                                   static_cast<int64_t>(bucket_mb * 1024.0 * 1024.0));
+      log::debug("data parallel: {} gradient buckets", grad_sync->buckets());
+    }
+    if (zero) {
+      std::vector<int64_t> numels;
+      for (auto& t : trainable) numels.push_back(t.second.numel());
+      std::vector<int> owner = dist::partition_params(numels, world);
+      owned.assign(static_cast<size_t>(world), {});
+      opt_params.clear();
+      for (size_t i = 0; i < trainable.size(); ++i) {
+        owned[static_cast<size_t>(owner[i])].push_back(trainable[i].second);
+        if (owner[i] == comm->rank()) opt_params.push_back(trainable[i]), owned_names.insert(trainable[i].first);
+      }
+    }
     opt = train::make_optimizer(cfg.get_string("optim.name"), explicit_hparams(cfg, "optim"), cfg.get_float("optim.lr"),
-                                trainable);
+                                opt_params);
     schedule = std::make_unique<train::Schedule>(cfg.get_string("schedule.name"), explicit_hparams(cfg, "schedule"),
                                                  cfg.get_float("optim.lr"), total_steps);
 
-    // Only now: claim output_dir (refuses a non-empty one unless resuming).
-    prepare_output_dir(out, resume);
-    save_resolved_config(out, cfg);
+    // Only now: claim output_dir (refuses a non-empty one unless resuming); rank 0 owns it.
+    if (main_rank) {
+      prepare_output_dir(out, resume);
+      save_resolved_config(out, cfg);
+    }
     log_resolved_config(cfg);
     int64_t n_train = 0, n_all = 0;
     for (auto& p : lm.model->parameters()) n_all += p.numel();
@@ -223,16 +276,29 @@ struct Trainer {
     log::info("data: {} train windows ({} documents), {} eval windows ({} documents{}), {} steps of {} x {} tokens",
               data.train.count(), data.train_documents, data.eval.count(), data.eval_documents,
               data.eval_split ? ", split off the training data" : "", total_steps,
-              cfg.get_int("batch_size") * grad_accum, seq_len);
+              cfg.get_int("batch_size") * grad_accum * world, seq_len);
+    if (world > 1)
+      log::info("data parallel: {} ranks x batch {} x grad_accum {}{}", world, cfg.get_int("batch_size"), grad_accum,
+                zero ? ", optimizer state sharded (zero: 1)" : "");
   }
 
   // -------------------------------------------------------------------------
   // Checkpoints: trainable weights, optimizer state, RNG, data position, step.
 
+  // Windows of one global batch: what a loader position is counted in, so that a checkpoint
+  // resumes at any world size whose global batch divides the position.
+  int64_t global_batch() const { return cfg.get_int("batch_size") * world; }
+
+  // Collective (ZeRO gathers the optimizer state); rank 0 writes.
   void save_checkpoint(Checkpoints& ckpts, int64_t step, double elapsed) {
+    NamedTensors opt_state = zero ? dist::gather_named(*comm, opt->state_tensors()) : opt->state_tensors();
+    if (!main_rank) return;
     nlohmann::json state = {{"step", step},
                             {"epoch", loader->position().epoch},
                             {"batch_index", loader->position().index},
+                            {"windows_done", loader->position().index * global_batch()},
+                            {"world_size", world},
+                            {"global_batch", global_batch()},
                             {"data_fingerprint", fmt::format("{:016x}", data.train.fingerprint())},
                             {"config_hash", cfg.hash()},
                             {"dsk_version", DSK_VERSION},
@@ -244,10 +310,28 @@ struct Trainer {
       NamedTensors weights;
       for (auto& t : trainable) weights.emplace_back(t.first, t.second.detach());
       ckpt::save_safetensors((dir / "trainable.safetensors").string(), weights, meta);
-      ckpt::save_safetensors((dir / "optimizer.safetensors").string(), opt->state_tensors(), meta);
+      ckpt::save_safetensors((dir / "optimizer.safetensors").string(), opt_state, meta);
       ckpt::save_safetensors((dir / "rng.safetensors").string(), {{"torch_cpu", train::rng_state()}}, meta);
     });
     log::debug("saved checkpoint {}", path.string());
+  }
+
+  // This rank's batch index for a saved position: checkpoints count windows of the epoch, so a
+  // run saved at W ranks x batch b resumes at W' x b' when W' * b' divides that count.
+  int64_t resume_index(const nlohmann::json& state, const stdfs::path& dir) const {
+    if (!state.contains("windows_done")) return state.at("batch_index").get<int64_t>();  // pre-0.2 checkpoints
+    const int64_t done = state.at("windows_done").get<int64_t>();
+    const int64_t saved_global = state.value("global_batch", global_batch());
+    if (saved_global != global_batch())
+      log::warn("checkpoint {} was made with {} windows per step ({} ranks); this run takes {} ({} x batch {})",
+                dir.string(), saved_global, state.value("world_size", 1), global_batch(), world,
+                cfg.get_int("batch_size"));
+    if (done % global_batch() != 0)
+      fail_usage_hint(fmt::format("checkpoint '{}' stopped after {} windows of its epoch, which is not a whole number "
+                                  "of global batches of {} ({} ranks x batch_size {})",
+                                  dir.string(), done, global_batch(), world, cfg.get_int("batch_size")),
+                      fmt::format("resume with processes x batch_size = {} (as saved)", saved_global));
+    return done / global_batch();
   }
 
   // Returns the step to continue after, and the elapsed time so far.
@@ -276,9 +360,16 @@ struct Trainer {
           t.second.copy_(it->second);
         }
       }
-      opt->load_state_tensors(read_all(dir / "optimizer.safetensors"));
+      auto opt_state = read_all(dir / "optimizer.safetensors");
+      if (zero) {  // this rank's slots only: "<parameter name>.<slot>"
+        for (auto it = opt_state.begin(); it != opt_state.end();) {
+          auto dot = it->first.rfind('.');
+          it = owned_names.count(it->first.substr(0, dot)) ? std::next(it) : opt_state.erase(it);
+        }
+      }
+      opt->load_state_tensors(opt_state);
       train::set_rng_state(read_all(dir / "rng.safetensors").at("torch_cpu"));
-      loader->set_position({state.at("epoch").get<int64_t>(), state.at("batch_index").get<int64_t>()});
+      loader->set_position({state.at("epoch").get<int64_t>(), resume_index(state, dir)});
       if (state.contains("eval_nll_before")) eval_nll_before = state.at("eval_nll_before").get<double>();
       return {state.at("step").get<int64_t>(), state.value("elapsed_s", 0.0)};
     } catch (const nlohmann::json::exception& e) {
@@ -291,7 +382,8 @@ struct Trainer {
   // -------------------------------------------------------------------------
 
   EvalResult run_eval() {
-    return evaluate(lm.model, data.eval, static_cast<int>(cfg.get_int("batch_size")), cfg.get_int("eval.max_batches"));
+    return evaluate(lm.model, data.eval, static_cast<int>(cfg.get_int("batch_size")), cfg.get_int("eval.max_batches"),
+                    comm.get());
   }
 
   void save_final(int64_t step) {
@@ -313,8 +405,39 @@ struct Trainer {
     log::info("saved {} after step {}", lora ? "adapter/ and model/" : "model/", step);
   }
 
+  // Setup on every rank, then one all-reduce so that a failure on any rank stops all of them
+  // with its exit code (the failing rank prints the error; the others say which rank failed).
+  void setup_agreed() {
+    std::exception_ptr failure;
+    int code = 0;
+    try {
+      setup();
+    } catch (const Error& e) {
+      failure = std::current_exception(), code = e.exit_code();
+    } catch (...) {
+      failure = std::current_exception(), code = kExitRuntime;
+    }
+    if (world == 1) {
+      if (failure) std::rethrow_exception(failure);
+      return;
+    }
+    at::Tensor t = at::tensor({static_cast<double>(code), failure ? static_cast<double>(comm->rank()) : -1.0},
+                              at::kDouble);
+    comm->allreduce_max(t);
+    if (failure) std::rethrow_exception(failure);
+    const int agreed = static_cast<int>(t[0].item<double>());
+    if (agreed != 0)
+      throw Error(agreed == kExitUsage ? Error::Kind::Usage : Error::Kind::Runtime,
+                  fmt::format("rank {} failed while setting up (its error is in its log); rank {} stops too",
+                              static_cast<int>(t[1].item<double>()), comm->rank()));
+  }
+
   int run() {
-    setup();
+    rt = setup_runtime(cfg);
+    comm = rt.comm;
+    world = comm->size();
+    main_rank = comm->is_main();
+    setup_agreed();
     Checkpoints ckpts(out, static_cast<int>(cfg.get_int("checkpoint.keep_last")));
     int64_t start_step = 0;
     double elapsed_before = 0.0;
@@ -322,50 +445,75 @@ struct Trainer {
       std::tie(start_step, elapsed_before) = restore(*dir);
       log::info("resumed from {} at step {}", dir->string(), start_step);
     }
-    train::MetricsLog metrics(out / "metrics.jsonl",
-                              start_step > 0 ? std::optional<int64_t>(start_step) : std::nullopt);
-    train::EventWriter events(out);
-    if (start_step > 0) events.add_session_start(start_step + 1);
+    // Files are rank 0's: the other ranks keep none of these.
+    std::optional<train::MetricsLog> metrics;
+    std::optional<train::EventWriter> events;
+    std::optional<Progress> progress;
+    if (main_rank) {
+      metrics.emplace(out / "metrics.jsonl", start_step > 0 ? std::optional<int64_t>(start_step) : std::nullopt);
+      events.emplace(out);
+      if (start_step > 0) events->add_session_start(start_step + 1);
+    }
 
     if (data.eval.count() > 0 && start_step == 0) {
       EvalResult before = run_eval();
       eval_nll_before = before.nll;
       log::info("eval before training: nll {:.4f}, ppl {:.2f} ({} tokens)", before.nll, before.ppl, before.tokens);
-      events.add_scalars(0, {{"eval/loss", before.nll}, {"eval/ppl", before.ppl}});
+      if (events) events->add_scalars(0, {{"eval/loss", before.nll}, {"eval/ppl", before.ppl}});
     }
 
     const int64_t eval_every = cfg.get_int("eval.every");
     const int64_t ckpt_every = cfg.get_int("checkpoint.every");
     const double max_norm = cfg.get_float("clip_grad_norm");
-    Progress progress("finetune", total_steps, cfg.get_int("log.every"), start_step);
+    if (main_rank) progress.emplace("finetune", total_steps, cfg.get_int("log.every"), start_step);
     lm.model->train();
     double t_start = now_s();
     double t_last = t_start;
     double last_loss = 0.0;
     int64_t step = start_step;
+    bool stopped = false;
     while (step < total_steps) {
-      if (signals::interrupted()) break;
-      ++step;
-      opt->set_lr(schedule->lr_at(step - 1));
-      // Gradient accumulation: each micro-batch's mean loss is weighted by its share of the
-      // step's loss tokens, so the update equals one batch of grad_accum * batch_size windows.
+      // This step's micro-batches, then one all-reduce: the global count of loss tokens (each
+      // rank's loss is weighted by it), the tokens processed, and whether any rank was signalled.
+      const data::LoaderPosition before_step = loader->position();
       std::vector<data::Batch> micro;
-      int64_t step_tokens = 0;
+      int64_t step_tokens = 0, tokens_in = 0;
       for (int64_t i = 0; i < grad_accum; ++i) {
         micro.push_back(loader->next());
         for (uint8_t m : micro.back().mask) step_tokens += m;
+        tokens_in += static_cast<int64_t>(micro.back().rows) * micro.back().seq_len;
       }
+      at::Tensor agree = at::tensor({static_cast<double>(step_tokens), static_cast<double>(tokens_in),
+                                     signals::interrupted() ? 1.0 : 0.0},
+                                    at::kDouble);
+      comm->allreduce_sum(agree);
+      if (agree[2].item<double>() > 0) {
+        loader->set_position(before_step);  // the step was not taken: its batches come first on resume
+        stopped = true;
+        break;
+      }
+      const double global_tokens = std::max(agree[0].item<double>(), 1.0);
+      ++step;
+      opt->set_lr(schedule->lr_at(step - 1));
+      // Each micro-batch's mean loss is weighted by its share of the global step's loss tokens,
+      // so the update equals one batch of world * grad_accum * batch_size windows.
       double loss_sum = 0.0;
-      int64_t tokens_seen = 0;
-      for (auto& b : micro) {
+      for (size_t i = 0; i < micro.size(); ++i) {
+        auto& b = micro[i];
+        if (grad_sync) grad_sync->begin(i + 1 == micro.size());
         BatchTensors t = window_tensors(b.tokens.data(), b.mask.data(), b.rows, b.seq_len, rt.device);
-        tokens_seen += t.inputs.numel();
         if (t.loss_tokens == 0) continue;
         at::Tensor hidden = lm.model->hidden_states(t.inputs);  // [B, T, C]
         auto loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
-        double weight = static_cast<double>(loss.count) / static_cast<double>(std::max<int64_t>(step_tokens, 1));
+        double weight = static_cast<double>(loss.count) / global_tokens;
         (loss.loss * weight).backward();
         loss_sum += loss.loss.item<double>() * weight;
+      }
+      if (grad_sync) {
+        grad_sync->finish();
+        at::Tensor l = at::tensor({loss_sum}, at::kDouble);
+        comm->allreduce_sum(l);
+        loss_sum = l.item<double>();
       }
       double grad_norm = train::clip_grad_norm(trainable_list, max_norm);
       if (!std::isfinite(loss_sum) || !std::isfinite(grad_norm)) {
@@ -374,11 +522,16 @@ struct Trainer {
                   "lower optim.lr or clip_grad_norm, or resume from an earlier checkpoint");
       }
       opt->step();
-      opt->zero_grad();
+      if (zero) {
+        for (auto& t : trainable_list) t.mutable_grad().reset();
+        for (int r = 0; r < world; ++r) dist::broadcast_tensors(*comm, owned[static_cast<size_t>(r)], r);
+      } else {
+        opt->zero_grad();
+      }
       last_loss = loss_sum;
 
       double now = now_s();
-      double tps = tokens_seen / std::max(now - t_last, 1e-9);
+      double tps = agree[1].item<double>() / std::max(now - t_last, 1e-9);
       t_last = now;
       double elapsed = elapsed_before + (now - t_start);
       nlohmann::ordered_json fields = {{"loss", loss_sum},   {"lr", opt->lr()},         {"grad_norm", grad_norm},
@@ -387,24 +540,28 @@ struct Trainer {
         EvalResult e = run_eval();
         fields["eval_loss"] = e.nll;
         fields["eval_ppl"] = e.ppl;
-        events.add_scalars(step, {{"eval/loss", e.nll}, {"eval/ppl", e.ppl}});
-        progress.println(fmt::format("step {}: eval nll {:.4f}, ppl {:.2f}", step, e.nll, e.ppl));
+        if (main_rank) {
+          events->add_scalars(step, {{"eval/loss", e.nll}, {"eval/ppl", e.ppl}});
+          progress->println(fmt::format("step {}: eval nll {:.4f}, ppl {:.2f}", step, e.nll, e.ppl));
+        }
       }
-      metrics.append(step, fields);
-      events.add_scalars(step, {{"train/loss", loss_sum},
-                                {"train/lr", opt->lr()},
-                                {"train/grad_norm", grad_norm},
-                                {"train/tokens_per_s", tps}});
-      progress.update(step, fmt::format("loss {:.4f} | lr {:.2e} | {:.0f} tok/s", loss_sum, opt->lr(), tps));
+      if (main_rank) {
+        metrics->append(step, fields);
+        events->add_scalars(step, {{"train/loss", loss_sum},
+                                   {"train/lr", opt->lr()},
+                                   {"train/grad_norm", grad_norm},
+                                   {"train/tokens_per_s", tps}});
+        progress->update(step, fmt::format("loss {:.4f} | lr {:.2e} | {:.0f} tok/s", loss_sum, opt->lr(), tps));
+      }
       if (ckpt_every > 0 && step % ckpt_every == 0 && step < total_steps) save_checkpoint(ckpts, step, elapsed);
     }
-    progress.finish();
+    if (progress) progress->finish();
     double elapsed = elapsed_before + (now_s() - t_start);
 
-    if (signals::interrupted()) {
+    if (stopped) {
       save_checkpoint(ckpts, step, elapsed);
       log::warn("interrupted: saved checkpoint at step {}; continue with resume=auto", step);
-      return signals::interrupt_exit_code();
+      return signals::interrupted() ? signals::interrupt_exit_code() : kExitTerminated;
     }
     save_checkpoint(ckpts, step, elapsed);
 
@@ -412,7 +569,7 @@ struct Trainer {
     if (data.eval.count() > 0) {
       EvalResult after = run_eval();
       log::info("eval after training: nll {:.4f}, ppl {:.2f} ({} tokens)", after.nll, after.ppl, after.tokens);
-      events.add_scalars(step, {{"eval/loss", after.nll}, {"eval/ppl", after.ppl}});
+      if (events) events->add_scalars(step, {{"eval/loss", after.nll}, {"eval/ppl", after.ppl}});
       if (eval_nll_before) {
         summary["eval_nll_before"] = *eval_nll_before;
         log::info("eval nll {:.4f} -> {:.4f} ({:+.1f}%)", *eval_nll_before, after.nll,
@@ -421,6 +578,7 @@ struct Trainer {
       summary["eval_nll"] = after.nll;
       summary["eval_ppl"] = after.ppl;
     }
+    if (!main_rank) return 0;
     save_final(step);
     summary["elapsed_s"] = elapsed;
     summary["output_dir"] = out.string();

@@ -12,6 +12,10 @@ namespace dsk::stages {
 
 int run_generate(const config::Config& cfg) {
   Runtime rt = setup_runtime(cfg);
+  if (!rt.comm->is_main()) {
+    log::warn("generate runs on rank 0 only; rank {} has nothing to do", rt.comm->rank());
+    return 0;
+  }
   auto tok = load_tokenizer_for(cfg);
   models::LoadedModel lm = load_model_for(cfg, rt);
   lm.model->eval();

@@ -31,6 +31,13 @@ void add_model_keys(Schema& s) {
   s.add("threads", Type::Int, "0", "CPU threads for compute (0: all cores)");
 }
 
+// Multi-process runs (dsk launch, torchrun variables, srun); ignored in a single process.
+void add_dist_keys(Schema& s) {
+  s.add_enum("dist.backend", {"auto", "gloo", "nccl"}, "auto", "collectives: nccl on CUDA, gloo on CPU (auto picks)");
+  s.add("dist.timeout_s", Type::Float, "300",
+        "seconds to wait for the other ranks (rendezvous and each collective) before failing");
+}
+
 Type type_from_doc(const std::string& t) {
   if (t == "enum") return Type::Enum;
   if (t == "path") return Type::Path;
@@ -147,6 +154,12 @@ Schema make_finetune_schema() {
   s.add("checkpoint.keep_last", Type::Int, "2", "checkpoints to keep (older ones are deleted)");
   s.add("log.every", Type::Int, "10", "plain log line (when not on a terminal) every N steps");
   s.add("save.merged", Type::Bool, "true", "lora: also write the merged model as model/");
+  add_dist_keys(s);
+  s.add("dist.bucket_mb", Type::Float, "25", "gradient all-reduce bucket size in MiB (smaller: earlier overlap)");
+  s.add("zero", Type::Int, "0",
+        "1: shard the optimizer state over the ranks (ZeRO stage 1); checkpoints stay world-size independent");
+  s.add("activation_checkpointing", Type::Bool, "false",
+        "recompute each decoder block in the backward pass instead of keeping its activations");
   return s;
 }
 
@@ -157,6 +170,7 @@ Schema make_eval_schema() {
   s.add("batch_size", Type::Int, "8", "windows per forward pass");
   s.add("output_dir", Type::Path, "~", "where eval.json goes (unset: only the stdout summary)");
   s.add("max_batches", Type::Int, "0", "stop after this many batches (0: the whole set)");
+  add_dist_keys(s);
   return s;
 }
 

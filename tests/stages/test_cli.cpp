@@ -147,13 +147,13 @@ TEST_CASE("existing non-empty output_dir without resume is refused and left unto
 }
 
 TEST_CASE("dsk launch: ranks get torchrun variables, prefixed stderr, and a failure's exit code", "[cli][launch]") {
-  auto r = run_cmd("cd " + src("") + " && " + dsk_exe() + " launch --nproc 2 -- generate configs/stories260k/generate.yaml");
-  // A rank reports its own RANK/WORLD_SIZE (this version refuses multi-process generate) under
-  // its prefix, and launch returns the failed rank's exit code. (Which rank fails first is a race:
-  // the launcher stops the other one then.)
+  // Every rank finds the same bad input; launch returns the failed rank's exit code. (Which rank
+  // fails first is a race: the launcher stops the other one then.)
+  auto r = run_cmd("cd " + src("") + " && " + dsk_exe() +
+                   " launch --nproc 2 -- eval configs/stories260k/eval-tinystories.yaml data.eval.path=/no/such.txt");
   INFO(r.err);
   CHECK(r.exit_code == 2);
-  CHECK(std::regex_search(r.err, std::regex(R"(\[rank ([01])\] dsk generate: error: rank \1 of 2 \(from torchrun variables\))")));
+  CHECK(std::regex_search(r.err, std::regex(R"(\[rank ([01])\] dsk eval: error: .*/no/such.txt)")));
   CHECK(std::regex_search(r.err, std::regex(R"(launch: rank [01] exited with code 2; stopping the other ranks)")));
   CHECK_THAT(r.err, Contains("rendezvous 127.0.0.1:"));
   auto bad = run_cmd(dsk_exe() + " launch --nproc 0 -- eval x.yaml");

@@ -1,5 +1,6 @@
 // dsk finetune / eval / generate end to end on the real stories260K model.
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -347,4 +348,36 @@ TEST_CASE("epochs: the step count follows the data, and a resumed run extends it
   CHECK(loss_values(d / "run" / "metrics.jsonl").size() == static_cast<size_t>(total));
   CHECK(s2.at("eval_nll_before").get<double>() == s1.at("eval_nll_before").get<double>());
   CHECK_THAT(more.err, Contains("resumed from"));
+}
+
+namespace {
+// Runs a command line to completion; returns its exit code and peak RSS in KiB (wait4's rusage
+// of the dsk process itself: the shell execs it).
+std::pair<int, long> run_measured(const std::string& cmd) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    std::string full = "cd " + src("") + " && exec " + cmd + " >/dev/null 2>&1";
+    execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage ru {};
+  ::wait4(pid, &status, 0, &ru);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ru.ru_maxrss};
+}
+}  // namespace
+
+TEST_CASE("activation checkpointing: identical losses and weights, lower peak RSS", "[stages][checkpointing]") {
+  auto d = dsk::test::scratch_dir("act_ckpt");
+  std::string base = dsk_exe() + " finetune configs/stories260k/full-shakespeare.yaml max_steps=2 batch_size=8 "
+                     "data.seq_len=256 eval.max_batches=1 checkpoint.every=0 threads=1 output_dir=";
+  auto [code_off, rss_off] = run_measured(base + (d / "off").string() + " activation_checkpointing=false");
+  auto [code_on, rss_on] = run_measured(base + (d / "on").string() + " activation_checkpointing=true");
+  REQUIRE(code_off == 0);
+  REQUIRE(code_on == 0);
+  CHECK(loss_values(d / "off" / "metrics.jsonl") == loss_values(d / "on" / "metrics.jsonl"));
+  require_same_tensors(d / "off" / "model" / "model.safetensors", d / "on" / "model" / "model.safetensors");
+  WARN("peak RSS: " << rss_off / 1024 << " MiB plain, " << rss_on / 1024 << " MiB with activation checkpointing (ratio "
+                    << static_cast<double>(rss_on) / static_cast<double>(rss_off) << ")");
+  CHECK(rss_on < rss_off * 0.85);
 }
