@@ -560,7 +560,7 @@ struct Trainer {
 
     if (stopped) {
       save_checkpoint(ckpts, step, elapsed);
-      log::warn("interrupted: saved checkpoint at step {}; continue with resume=auto", step);
+      if (main_rank) log::warn("interrupted: saved checkpoint at step {}; continue with resume=auto", step);
       return signals::interrupted() ? signals::interrupt_exit_code() : kExitTerminated;
     }
     save_checkpoint(ckpts, step, elapsed);

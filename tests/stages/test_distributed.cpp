@@ -243,3 +243,39 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
   CHECK(WEXITSTATUS(lstatus) != 0);
   CHECK_THAT(lerr, Contains("launch: rank 1 was killed by signal 9"));
 }
+
+TEST_CASE("SIGTERM to dsk launch: every rank stops after the same step, rank 0 checkpoints, exit 143",
+          "[stages][dist]") {
+  auto d = dsk::test::scratch_dir("dp_sigterm");
+  pid_t launcher = fork();
+  if (launcher == 0) {
+    std::string cmd = "cd " + src("") + " && exec " + dsk::test::dsk_bin() + " launch --nproc 2 --" + kBase +
+                      "max_steps=100000 batch_size=2 checkpoint.every=0 eval.max_batches=0 data.eval_fraction=0 "
+                      "output_dir=" + (d / "out").string() + " 2>" + (d / "err").string() + " >/dev/null";
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  const fs::path metrics = d / "out" / "metrics.jsonl";
+  auto t0 = std::chrono::steady_clock::now();
+  while (!(fs::exists(metrics) && fs::file_size(metrics) > 200) &&
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 60)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ::kill(launcher, SIGTERM);
+  int status = 0;
+  ::waitpid(launcher, &status, 0);
+  std::ifstream in(d / "err");
+  std::string err((std::istreambuf_iterator<char>(in)), {});
+  INFO(err);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 143);
+  // One checkpoint, at the last logged step; both ranks left on their own (no kill after grace).
+  std::vector<fs::path> ckpts;
+  for (auto& e : fs::directory_iterator(d / "out" / "checkpoints")) ckpts.push_back(e.path());
+  REQUIRE(ckpts.size() == 1);
+  auto state = nlohmann::json::parse(std::ifstream(ckpts[0] / "state.json"));
+  CHECK(state.at("step").get<size_t>() == losses(metrics).size());
+  CHECK(state.at("world_size") == 2);
+  CHECK_THAT(err, Contains("[rank 0] warn: interrupted: saved checkpoint at step"));
+  CHECK_THAT(err, !Contains("[rank 1] warn: interrupted"));
+  CHECK_THAT(err, !Contains("killing them"));
+}
