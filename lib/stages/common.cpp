@@ -46,6 +46,11 @@ Runtime setup_runtime(const config::Config& cfg) {
     fail_usage_hint("device is cuda but no CUDA device is available (or this LibTorch is CPU-only)",
                     "set device=cpu or device=auto");
   rt.device = (device == "cuda" || (device == "auto" && has_cuda)) ? c10::Device(c10::kCUDA) : c10::Device(c10::kCPU);
+  // One GPU per rank on a node: LOCAL_RANK picks it (Slurm: SLURM_LOCALID).
+  if (rt.device.is_cuda() && env.distributed()) {
+    const auto count = static_cast<int>(torch::cuda::device_count());
+    rt.device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % std::max(count, 1)));
+  }
 
   const std::string& dtype = cfg.get_string("dtype");
   rt.dtype = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
