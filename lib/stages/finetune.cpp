@@ -36,6 +36,7 @@
 #include "stages/evaluate.h"
 #include "stages/run_dir.h"
 #include "stages/stages.h"
+#include "train/amp.h"
 #include "train/clip.h"
 #include "train/loss.h"
 #include "train/metrics.h"
@@ -135,6 +136,17 @@ void copy_tokenizer(const config::Config& cfg, const stdfs::path& dir) {
 
 // ---------------------------------------------------------------------------
 
+// bf16 matrix instructions (x86: avx512_bf16 or amx_bf16), without which LibTorch's CPU bf16
+// matmuls are emulated and many times slower than fp32.
+bool cpu_has_bf16_matmul() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0)
+      return line.find("avx512_bf16") != std::string::npos || line.find("amx_bf16") != std::string::npos;
+  return true;  // unknown (not x86 Linux): say nothing
+}
+
 struct Trainer {
   const config::Config& cfg;
   Runtime rt;
@@ -155,6 +167,10 @@ struct Trainer {
   bool zero = false;                           // ZeRO-1: optimizer state sharded over the ranks
   std::vector<std::vector<at::Tensor>> owned;  // zero: the trainable tensors each rank updates
   std::set<std::string> owned_names;           // zero: this rank's
+  // Mixed precision: dtype bf16/fp16 keeps fp32 master weights and runs the forward under autocast;
+  // fp16 scales the loss dynamically.
+  at::ScalarType amp_dtype = at::kFloat;
+  train::LossScaler scaler{false};
   int64_t total_steps = 0;
   std::optional<double> eval_nll_before;  // kept in state.json so a resumed run still reports it
   int64_t grad_accum = 1;
@@ -169,6 +185,13 @@ struct Trainer {
     grad_accum = cfg.get_int("grad_accum");
     if (grad_accum < 1) fail_usage_hint("grad_accum must be >= 1", "set grad_accum=1 for no accumulation");
     if (cfg.get_int("batch_size") < 1) fail_usage_hint("batch_size must be >= 1", "set batch_size=1 or more");
+
+    amp_dtype = rt.dtype;
+    rt.dtype = at::kFloat;  // master weights
+    scaler = train::LossScaler(amp_dtype == at::kHalf);
+    if (amp_dtype == at::kBFloat16 && rt.device.is_cpu() && !cpu_has_bf16_matmul())
+      log::warn("dtype bf16: this CPU has no bf16 matrix instructions (avx512_bf16 / amx_bf16), so autocast is "
+                "correct but slower than fp32 here; use dtype=fp32 for speed");
 
     // Everything that can be wrong with the inputs is found before output_dir is touched.
     tok = load_tokenizer_for(cfg);
@@ -311,7 +334,9 @@ struct Trainer {
       for (auto& t : trainable) weights.emplace_back(t.first, t.second.detach());
       ckpt::save_safetensors((dir / "trainable.safetensors").string(), weights, meta);
       ckpt::save_safetensors((dir / "optimizer.safetensors").string(), opt_state, meta);
-      ckpt::save_safetensors((dir / "rng.safetensors").string(), {{"torch_cpu", train::rng_state()}}, meta);
+      NamedTensors rng = {{"torch_cpu", train::rng_state()}};
+      if (scaler.enabled()) rng.emplace_back("loss_scaler", scaler.state());
+      ckpt::save_safetensors((dir / "rng.safetensors").string(), rng, meta);
     });
     log::debug("saved checkpoint {}", path.string());
   }
@@ -368,7 +393,9 @@ struct Trainer {
         }
       }
       opt->load_state_tensors(opt_state);
-      train::set_rng_state(read_all(dir / "rng.safetensors").at("torch_cpu"));
+      auto rng = read_all(dir / "rng.safetensors");
+      train::set_rng_state(rng.at("torch_cpu"));
+      if (scaler.enabled() && rng.count("loss_scaler")) scaler.load_state(rng.at("loss_scaler"));
       loader->set_position({state.at("epoch").get<int64_t>(), resume_index(state, dir)});
       if (state.contains("eval_nll_before")) eval_nll_before = state.at("eval_nll_before").get<double>();
       return {state.at("step").get<int64_t>(), state.value("elapsed_s", 0.0)};
@@ -382,6 +409,7 @@ struct Trainer {
   // -------------------------------------------------------------------------
 
   EvalResult run_eval() {
+    train::AutocastGuard autocast(rt.device, amp_dtype);
     return evaluate(lm.model, data.eval, static_cast<int>(cfg.get_int("batch_size")), cfg.get_int("eval.max_batches"),
                     comm.get());
   }
@@ -503,10 +531,14 @@ struct Trainer {
         if (grad_sync) grad_sync->begin(i + 1 == micro.size());
         BatchTensors t = window_tensors(b.tokens.data(), b.mask.data(), b.rows, b.seq_len, rt.device);
         if (t.loss_tokens == 0) continue;
-        at::Tensor hidden = lm.model->hidden_states(t.inputs);  // [B, T, C]
-        auto loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
+        train::LossResult loss;
+        {
+          train::AutocastGuard autocast(rt.device, amp_dtype);
+          at::Tensor hidden = lm.model->hidden_states(t.inputs);  // [B, T, C]
+          loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
+        }
         double weight = static_cast<double>(loss.count) / global_tokens;
-        (loss.loss * weight).backward();
+        (loss.loss * (weight * scaler.scale())).backward();
         loss_sum += loss.loss.item<double>() * weight;
       }
       if (grad_sync) {
@@ -515,6 +547,17 @@ struct Trainer {
         comm->allreduce_sum(l);
         loss_sum = l.item<double>();
       }
+      if (scaler.enabled() && !scaler.unscale(trainable_list)) {
+        // fp16 overflow: skip this update, halve the scale (identical on every rank: the
+        // gradients were summed before the check).
+        scaler.update(true);
+        for (auto& t : trainable_list) t.mutable_grad().reset();
+        log::debug("step {}: fp16 gradients overflowed; skipped, loss scale now {}", step, scaler.scale());
+        if (main_rank) metrics->append(step, {{"loss", loss_sum}, {"lr", opt->lr()}, {"skipped", true},
+                                              {"loss_scale", scaler.scale()}});
+        continue;
+      }
+      scaler.update(false);
       double grad_norm = train::clip_grad_norm(trainable_list, max_norm);
       if (!std::isfinite(loss_sum) || !std::isfinite(grad_norm)) {
         fail_hint(fmt::format("step {}: the loss or gradient norm is not finite (loss {}, grad_norm {})", step,

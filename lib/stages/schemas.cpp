@@ -26,7 +26,9 @@ void add_model_keys(Schema& s) {
   s.add("tokenizer.path", Type::Path, "~",
         "tokenizer.model / tokenizer.json (default: the one inside model.path)");
   s.add_enum("device", {"auto", "cpu", "cuda"}, "auto", "where to run (auto: cuda when available)");
-  s.add_enum("dtype", {"fp32", "bf16", "fp16"}, "fp32", "compute dtype of the model");
+  s.add_enum("dtype", {"fp32", "bf16", "fp16"}, "fp32",
+             "compute dtype (eval/generate: the weights'; finetune: fp32 master weights + autocast, fp16 on CUDA only "
+             "with dynamic loss scaling)");
   s.add("seed", Type::Int, "0", "random seed (same seed + config -> same results on CPU)");
   s.add("threads", Type::Int, "0", "CPU threads for compute (0: all cores)");
 }

@@ -381,3 +381,25 @@ TEST_CASE("activation checkpointing: identical losses and weights, lower peak RS
                     << static_cast<double>(rss_on) / static_cast<double>(rss_off) << ")");
   CHECK(rss_on < rss_off * 0.85);
 }
+
+TEST_CASE("dtype bf16: autocast over fp32 master weights tracks the fp32 run", "[stages][amp]") {
+  auto d = dsk::test::scratch_dir("amp_bf16");
+  std::string base = dsk_exe() + " finetune configs/stories260k/full-shakespeare.yaml max_steps=4 batch_size=4 "
+                     "data.seq_len=64 eval.max_batches=1 checkpoint.every=0 threads=1 output_dir=";
+  auto fp32 = run_cmd(in_repo(base + (d / "fp32").string() + " dtype=fp32"));
+  auto bf16 = run_cmd(in_repo(base + (d / "bf16").string() + " dtype=bf16"));
+  INFO(fp32.err << bf16.err);
+  REQUIRE(fp32.exit_code == 0);
+  REQUIRE(bf16.exit_code == 0);
+  auto a = loss_values(d / "fp32" / "metrics.jsonl"), b = loss_values(d / "bf16" / "metrics.jsonl");
+  REQUIRE(a.size() == 4);
+  REQUIRE(b.size() == 4);
+  double max_diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) max_diff = std::max(max_diff, std::abs(std::stod(a[i]) - std::stod(b[i])));
+  WARN("max |loss_fp32 - loss_bf16| over 4 steps: " << max_diff);
+  CHECK(max_diff > 1e-6);  // bf16 matmuls really ran
+  CHECK(max_diff < 0.05);
+  // Master weights stay fp32, so the saved model is fp32.
+  auto w = tensors(d / "bf16" / "model" / "model.safetensors");
+  for (auto& [name, t] : w) CHECK(t.scalar_type() == at::kFloat);
+}
