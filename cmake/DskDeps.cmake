@@ -11,12 +11,20 @@ pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 add_library(PCRE2::pcre2 ALIAS PkgConfig::PCRE2)
 
 # LibTorch exports TORCH_LIBRARIES + TORCH_CXX_FLAGS rather than a target.
-add_library(torch_cpu_only INTERFACE)
-target_link_libraries(torch_cpu_only INTERFACE ${TORCH_LIBRARIES})
+add_library(dsk_torch INTERFACE)
+target_link_libraries(dsk_torch INTERFACE ${TORCH_LIBRARIES})
 separate_arguments(_dsk_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
-target_compile_options(torch_cpu_only INTERFACE ${_dsk_torch_flags})
+target_compile_options(dsk_torch INTERFACE ${_dsk_torch_flags})
 
 find_program(CCACHE_PROGRAM ccache)
 if(CCACHE_PROGRAM)
   set(CMAKE_CXX_COMPILER_LAUNCHER ${CCACHE_PROGRAM})
+endif()
+
+# Gloo: Debian ships it as libgloo (libgloo-dev, scripts/setup); the PyTorch wheel links it into
+# libtorch_cpu, so there is nothing to add there.
+find_library(DSK_GLOO_LIBRARY gloo)
+add_library(dsk_gloo INTERFACE)
+if(DSK_GLOO_LIBRARY)
+  target_link_libraries(dsk_gloo INTERFACE ${DSK_GLOO_LIBRARY})
 endif()

@@ -3,6 +3,9 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if DSK_WITH_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
 
 #include <atomic>
 #include <condition_variable>
@@ -11,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/log.h"
+#include "core/torch_compat.h"
 
 namespace dsk::dist {
 
@@ -29,7 +33,7 @@ std::string first_line(const char* what) {
 
 struct Comm::Impl {
   c10::intrusive_ptr<c10d::Store> store;  // the TCPStore client (server too on rank 0)
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
+  c10::intrusive_ptr<compat::ProcessGroupBase> pg;
   std::thread heartbeat;
   std::mutex mu;
   std::condition_variable cv;
@@ -55,9 +59,14 @@ std::unique_ptr<Comm> Comm::connect(const DistEnv& env, const CommOptions& opt) 
   c->rank_ = env.rank;
   c->size_ = env.world_size;
   c->timeout_ = opt.timeout;
-  if (opt.backend == "nccl")
-    fail_usage_hint("backend nccl needs a CUDA build of LibTorch; this dsk is CPU-only", "use dist.backend=gloo");
-  c->backend_ = "gloo";
+  const bool nccl = opt.backend == "nccl" || (opt.backend == "auto" && opt.device.is_cuda());
+#if !DSK_WITH_NCCL
+  if (nccl)
+    fail_usage_hint("backend nccl needs dsk built with -DDSK_CUDA=ON against a CUDA LibTorch; this dsk is CPU-only",
+                    "use dist.backend=gloo and device=cpu");
+#endif
+  c->backend_ = nccl ? "nccl" : "gloo";
+  c->device_ = nccl ? opt.device : c10::Device(c10::kCPU);
   c->impl_ = std::make_unique<Impl>();
   c10d::TCPStoreOptions so;
   so.port = static_cast<uint16_t>(env.master_port);
@@ -73,10 +82,23 @@ std::unique_ptr<Comm> Comm::connect(const DistEnv& env, const CommOptions& opt) 
               env.rank == 0 ? "the port may be taken: set MASTER_PORT to a free one"
                             : "check that rank 0 runs and MASTER_ADDR/MASTER_PORT point at it");
   }
+#if DSK_WITH_NCCL
+  if (nccl) {
+    try {
+      auto nopt = c10d::ProcessGroupNCCL::Options::create();
+      nopt->timeout = opt.timeout;
+      auto prefixed = c10::make_intrusive<c10d::PrefixStore>("nccl", c->impl_->store);
+      c->impl_->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(prefixed, env.rank, env.world_size, nopt);
+    } catch (const std::exception& e) {
+      fail_hint(fmt::format("rank {}: creating the NCCL group failed: {}", env.rank, first_line(e.what())),
+                "check NCCL_* settings and that every rank sees its GPU; dist.backend=gloo works everywhere");
+    }
+  }
+#endif
   auto gopt = c10d::ProcessGroupGloo::Options::create(opt.timeout);
   const bool local = env.master_addr == "127.0.0.1" || env.master_addr == "localhost";
   const char* ifname = std::getenv("DSK_GLOO_IFNAME");
-  try {
+  if (!nccl) try {
     gopt->devices.push_back(ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
                             : local           ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
                                               : c10d::ProcessGroupGloo::createDefaultDevice());
@@ -154,61 +176,82 @@ Comm::Handle Comm::start(const char* what, Launch&& launch) {
   return h;
 }
 
+template <typename Launch>
+void Comm::run_on_device(const char* what, at::Tensor t, Launch&& launch) {
+  if (t.device() == device_) {
+    start(what, [&] { return launch(t); }).wait();
+    return;
+  }
+  at::Tensor staged = t.to(device_);
+  start(what, [&] { return launch(staged); }).wait();
+  t.copy_(staged);
+}
+
 Comm::Handle Comm::allreduce_sum_async(at::Tensor t) {
   if (size_ == 1) return {};
-  return start("all-reduce", [&] {
-    std::vector<at::Tensor> v{t};
+  auto launch = [this](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     return impl_->pg->allreduce(v, o);
-  });
+  };
+  if (t.device() != device_) {  // staged: blocking
+    run_on_device("all-reduce", t, launch);
+    return {};
+  }
+  return start("all-reduce", [&] { return launch(t); });
 }
 
 void Comm::allreduce_max(at::Tensor t) {
   if (size_ == 1) return;
-  start("all-reduce", [&] {
-    std::vector<at::Tensor> v{t};
+  run_on_device("all-reduce", t, [this](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     c10d::AllreduceOptions o;
     o.reduceOp = c10d::ReduceOp::MAX;
     return impl_->pg->allreduce(v, o);
-  }).wait();
+  });
 }
 
 Comm::Handle Comm::reduce_sum_async(at::Tensor t, int dst) {
   if (size_ == 1) return {};
-  return start("reduce", [&] {
-    std::vector<at::Tensor> v{t};
+  auto launch = [this, dst](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     c10d::ReduceOptions o;
     o.reduceOp = c10d::ReduceOp::SUM;
     o.rootRank = dst;
     return impl_->pg->reduce(v, o);
-  });
+  };
+  if (t.device() != device_) {
+    run_on_device("reduce", t, launch);
+    return {};
+  }
+  return start("reduce", [&] { return launch(t); });
 }
 
 void Comm::broadcast(at::Tensor t, int src) {
   if (size_ == 1) return;
-  start("broadcast", [&] {
-    std::vector<at::Tensor> v{t};
+  run_on_device("broadcast", t, [this, src](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     c10d::BroadcastOptions o;
     o.rootRank = src;
     return impl_->pg->broadcast(v, o);
-  }).wait();
+  });
 }
 
 void Comm::send(at::Tensor t, int dst) {
   if (size_ == 1) return;
-  start("send", [&] {
-    std::vector<at::Tensor> v{t};
+  run_on_device("send", t, [this, dst](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     return impl_->pg->send(v, dst, 0);
-  }).wait();
+  });
 }
 
 void Comm::recv(at::Tensor t, int src) {
   if (size_ == 1) return;
-  start("receive", [&] {
-    std::vector<at::Tensor> v{t};
+  run_on_device("receive", t, [this, src](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
     return impl_->pg->recv(v, src, 0);
-  }).wait();
+  });
 }
 
 void Comm::barrier() {

@@ -22,6 +22,7 @@ namespace dsk::dist {
 struct CommOptions {
   std::chrono::milliseconds timeout{std::chrono::seconds(300)};  // rendezvous and each collective
   std::string backend = "auto";                                  // auto | gloo | nccl
+  c10::Device device = c10::Device(c10::kCPU);                   // auto: nccl when this is CUDA
 };
 
 class Comm {
@@ -71,6 +72,12 @@ class Comm {
   int rank_ = 0, size_ = 1;
   std::string backend_ = "none";
   std::chrono::milliseconds timeout_{0};
+  // Where the collectives' tensors must live: the rank's GPU for NCCL (tensors elsewhere are
+  // staged through it), CPU for Gloo.
+  c10::Device device_ = c10::Device(c10::kCPU);
+  // Runs a blocking collective on `t`, staged through device_ when t lives elsewhere.
+  template <typename Launch>
+  void run_on_device(const char* what, at::Tensor t, Launch&& launch);
 };
 
 }  // namespace dsk::dist

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 #include "models/checkpoint.h"
 
 namespace dsk::models {
@@ -121,6 +122,15 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const PositionContext& po
   at::Tensor k = apply_rope(k_proj(x).view({B, T, KV, D}), pos);  // [B, T, KV, D]
   at::Tensor v = v_proj(x).view({B, T, KV, D});                   // [B, T, KV, D]
 
+#if DSK_HAS_SDPA
+  // LibTorch 2.x: PyTorch's fused causal attention (flash / memory-efficient kernels on CUDA).
+  if (!cache) {
+    at::Tensor kh = k.permute({0, 2, 1, 3}), vh = v.permute({0, 2, 1, 3});  // [B, KV, T, D]
+    if (G > 1) kh = kh.repeat_interleave(G, 1), vh = vh.repeat_interleave(G, 1);  // head h -> kv h / G
+    at::Tensor o = compat::causal_attention(q.permute({0, 2, 1, 3}), kh, vh);   // [B, H, T, D]
+    return o_proj(o.permute({0, 2, 1, 3}).reshape({B, T, H * D}));
+  }
+#endif
   at::Tensor keys, values;  // [B*KV, S, D]
   int64_t S = T;
   if (cache) {

@@ -17,21 +17,6 @@ namespace dsk::stages {
 Runtime setup_runtime(const config::Config& cfg) {
   Runtime rt;
   dist::DistEnv env = dist::detect_env();
-  if (env.distributed()) {
-    log::set_rank(env.rank);
-    dist::CommOptions copt;
-    if (cfg.has("dist.timeout_s")) {
-      double t = cfg.get_float("dist.timeout_s");
-      if (!(t > 0)) fail_usage_hint("dist.timeout_s must be > 0", "set dist.timeout_s=300 (the default)");
-      copt.timeout = std::chrono::milliseconds(static_cast<int64_t>(t * 1000.0));
-    }
-    if (cfg.has("dist.backend")) copt.backend = cfg.get_string("dist.backend");
-    rt.comm = dist::Comm::connect(env, copt);
-    log::info("rank {} of {} ({} backend, from {} variables)", env.rank, env.world_size, rt.comm->backend(),
-              env.source);
-  } else {
-    rt.comm = dist::Comm::single();
-  }
   int64_t threads = cfg.get_int("threads");
   if (threads < 0) fail_usage_hint("threads must be >= 0", "use 0 for all cores");
   rt.threads = threads > 0 ? static_cast<int>(threads) : static_cast<int>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
@@ -50,6 +35,24 @@ Runtime setup_runtime(const config::Config& cfg) {
   if (rt.device.is_cuda() && env.distributed()) {
     const auto count = static_cast<int>(torch::cuda::device_count());
     rt.device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank % std::max(count, 1)));
+  }
+
+  // The process group, after the device: NCCL on CUDA, Gloo on CPU (dist.backend=auto).
+  if (env.distributed()) {
+    log::set_rank(env.rank);
+    dist::CommOptions copt;
+    if (cfg.has("dist.timeout_s")) {
+      double t = cfg.get_float("dist.timeout_s");
+      if (!(t > 0)) fail_usage_hint("dist.timeout_s must be > 0", "set dist.timeout_s=300 (the default)");
+      copt.timeout = std::chrono::milliseconds(static_cast<int64_t>(t * 1000.0));
+    }
+    if (cfg.has("dist.backend")) copt.backend = cfg.get_string("dist.backend");
+    copt.device = rt.device;
+    rt.comm = dist::Comm::connect(env, copt);
+    log::info("rank {} of {} ({} backend, from {} variables)", env.rank, env.world_size, rt.comm->backend(),
+              env.source);
+  } else {
+    rt.comm = dist::Comm::single();
   }
 
   const std::string& dtype = cfg.get_string("dtype");

@@ -1,8 +1,8 @@
 #include "train/amp.h"
 
-#include <ATen/autocast_mode.h>
 
 #include "core/error.h"
+#include "core/torch_compat.h"
 
 namespace dsk::train {
 
@@ -10,30 +10,17 @@ AutocastGuard::AutocastGuard(c10::Device device, at::ScalarType dtype) {
   if (dtype == at::kFloat || dtype == at::kDouble) return;
   active_ = true;
   cuda_ = device.is_cuda();
-  if (cuda_) {
-    prev_enabled_ = at::autocast::is_enabled();
-    prev_dtype_ = at::autocast::get_autocast_gpu_dtype();
-    at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(dtype);
-  } else {
-    prev_enabled_ = at::autocast::is_cpu_enabled();
-    prev_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(dtype);
-  }
+  const auto type = cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU;
+  prev_enabled_ = compat::autocast_enabled(type);
+  prev_dtype_ = compat::autocast_dtype(type);
+  compat::set_autocast(type, true, dtype);
   at::autocast::increment_nesting();
 }
 
 AutocastGuard::~AutocastGuard() {
   if (!active_) return;
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();  // casts of the weights
-  if (cuda_) {
-    at::autocast::set_enabled(prev_enabled_);
-    at::autocast::set_autocast_gpu_dtype(prev_dtype_);
-  } else {
-    at::autocast::set_cpu_enabled(prev_enabled_);
-    at::autocast::set_autocast_cpu_dtype(prev_dtype_);
-  }
+  compat::set_autocast(cuda_ ? c10::DeviceType::CUDA : c10::DeviceType::CPU, prev_enabled_, prev_dtype_);
 }
 
 LossScaler::LossScaler(bool enabled, double init_scale, double growth, double backoff, int growth_interval)
