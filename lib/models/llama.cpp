@@ -115,6 +115,11 @@ AttentionImpl::AttentionImpl(const LlamaConfig& cfg, at::TensorOptions options)
   o_proj = register_module("o_proj", LoraLinear(n_heads * D, C, false, options));
 }
 
+int64_t causal_query_blocks(int64_t T, int64_t block) {
+  if (block <= 0 || T < 2 * block || T % block != 0) return 1;
+  return T / block;
+}
+
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const PositionContext& pos, KVCache* cache, int64_t layer) {
   const int64_t B = x.size(0), T = x.size(1);
   const int64_t H = n_heads, KV = n_kv_heads, G = H / KV, D = head_dim;
@@ -146,6 +151,29 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const PositionContext& po
     values = v.permute({0, 2, 1, 3}).reshape({B * KV, T, D});
   }
   // Query head h = kv * G + g uses kv head kv (as HF's repeat_kv and llama2.c's h / kv_mul).
+  const double scale0 = 1.0 / std::sqrt(static_cast<double>(D));
+  const int64_t nb = causal_query_blocks(T, query_block);
+  if (!cache && nb > 1) {
+    // Causal attention in query blocks: block j sees keys [0, (j+1) Tb) only, so the scores,
+    // softmax and weighted sums skip most of the masked upper triangle ((n+1)/2n of the T x T
+    // work and memory). The same numbers as the whole-matrix path below: masked scores are
+    // exp(-inf) = 0 there.
+    const int64_t Tb = T / nb;
+    at::Tensor q4 = q.permute({0, 2, 1, 3}).reshape({B * KV, G, T, D});   // [B*KV, G, T, D]
+    at::Tensor mask3 = pos.mask.view({G, T, T});
+    std::vector<at::Tensor> outs;
+    for (int64_t j = 0; j < nb; ++j) {
+      const int64_t Sj = (j + 1) * Tb;
+      at::Tensor qb = q4.narrow(2, j * Tb, Tb).reshape({B * KV, G * Tb, D});
+      at::Tensor mb = mask3.narrow(1, j * Tb, Tb).narrow(2, 0, Sj).reshape({G * Tb, Sj});
+      at::Tensor sc = at::baddbmm(mb, qb, keys.narrow(1, 0, Sj).transpose(1, 2), 1.0, scale0);  // [B*KV, G*Tb, Sj]
+      at::Tensor pr = sc.scalar_type() == at::kFloat ? at::softmax(sc, -1)
+                                                      : at::softmax(sc, -1, at::kFloat).to(sc.scalar_type());
+      outs.push_back(at::bmm(pr, values.narrow(1, 0, Sj)).view({B * KV, G, Tb, D}));
+    }
+    at::Tensor o = at::cat(outs, 2).view({B, H, T, D}).permute({0, 2, 1, 3}).reshape({B, T, H * D});
+    return o_proj(o);
+  }
   at::Tensor qg = q.permute({0, 2, 1, 3}).reshape({B * KV, G * T, D});  // rows (g, t)
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   at::Tensor scores = at::baddbmm(pos.mask, qg, keys.transpose(1, 2), 1.0, scale);  // [B*KV, G*T, S]

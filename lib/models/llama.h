@@ -73,6 +73,10 @@ struct PositionContext {
   RopeStyle style = RopeStyle::Half;
 };
 
+// Query blocks for causal attention over T positions with blocks of `block` queries: T / block
+// when that is at least 2 and whole, else 1 (one block: the whole-matrix path).
+int64_t causal_query_blocks(int64_t T, int64_t block);
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const LlamaConfig& cfg, at::TensorOptions options);
@@ -82,6 +86,9 @@ class AttentionImpl : public torch::nn::Module {
 
   LoraLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
+  // Without a KV cache, causal attention runs in blocks of this many queries, each against only
+  // the keys it can see (causal_query_blocks); 0 turns it off. Same results either way.
+  int64_t query_block = 64;
 };
 TORCH_MODULE(Attention);
 

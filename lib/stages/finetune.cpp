@@ -254,15 +254,14 @@ struct Trainer {
     if (trainable.empty()) fail_usage_hint("every parameter is frozen: nothing to train", "relax freeze.*");
     for (auto& t : trainable) trainable_list.push_back(t.second);
 
-    // Data parallel: rank 0's initial weights everywhere (LoRA's random init included), the
-    // gradient hooks, and under ZeRO-1 the partition of the trainable tensors over the ranks.
+    // Data parallel: the gradient hooks, and under ZeRO-1 the partition of the trainable tensors
+    // over the ranks (no collective here: see setup_agreed).
     const int64_t zero_stage = cfg.get_int("zero");
     if (zero_stage != 0 && zero_stage != 1)
       fail_usage_hint(fmt::format("zero: {} is not supported", zero_stage), "use zero: 0 or zero: 1");
     zero = zero_stage == 1 && world > 1;
     NamedTensors opt_params = trainable;
     if (world > 1) {
-      dist::broadcast_tensors(*comm, trainable_list, 0);
       const double bucket_mb = cfg.get_float("dist.bucket_mb");
       if (!(bucket_mb > 0)) fail_usage_hint("dist.bucket_mb must be > 0", "set dist.bucket_mb=25 (the default)");
       grad_sync = std::make_unique<dist::GradSync>(*comm, trainable_list,
@@ -466,12 +465,24 @@ struct Trainer {
     world = comm->size();
     main_rank = comm->is_main();
     setup_agreed();
+    // Rank 0's initial weights everywhere (LoRA's random init included). The first collective
+    // after setup, so that a rank failing in setup never leaves the others waiting in it.
+    if (world > 1) dist::broadcast_tensors(*comm, trainable_list, 0);
     Checkpoints ckpts(out, static_cast<int>(cfg.get_int("checkpoint.keep_last")));
     int64_t start_step = 0;
     double elapsed_before = 0.0;
     if (auto dir = ckpts.resolve(cfg.get_string("resume"))) {
       std::tie(start_step, elapsed_before) = restore(*dir);
       log::info("resumed from {} at step {}", dir->string(), start_step);
+    }
+    if (world > 1) {  // every rank must continue from the same step (output_dir on a shared filesystem)
+      at::Tensor s = at::tensor({static_cast<double>(start_step), -static_cast<double>(start_step)}, at::kDouble);
+      comm->allreduce_max(s);
+      if (s[0].item<double>() != -s[1].item<double>())
+        fail_usage_hint(fmt::format("the ranks resume from different steps ({} to {}): they do not see the same "
+                                    "checkpoints in '{}'",
+                                    -s[1].item<double>(), s[0].item<double>(), out.string()),
+                        "put output_dir on a filesystem every node mounts");
     }
     // Files are rank 0's: the other ranks keep none of these.
     std::optional<train::MetricsLog> metrics;

@@ -269,3 +269,37 @@ TEST_CASE("rope inverse frequencies, plain and with llama3 scaling", "[llama][ro
   cfg.rope_scaling_factor = 4.0;
   CHECK(rope_inv_freq(cfg)[1].item<double>() == Approx(0.025));
 }
+
+TEST_CASE("causal_query_blocks: whole blocks of at least two, else one", "[llama][attention]") {
+  CHECK(causal_query_blocks(256, 64) == 4);
+  CHECK(causal_query_blocks(128, 64) == 2);
+  CHECK(causal_query_blocks(64, 64) == 1);   // one block is the whole matrix
+  CHECK(causal_query_blocks(200, 64) == 1);  // not whole
+  CHECK(causal_query_blocks(256, 0) == 1);   // off
+}
+
+TEST_CASE("attention in query blocks gives the whole-matrix logits and gradients", "[llama][attention]") {
+  for (bool gqa : {true, false}) {
+    INFO("gqa " << gqa);
+    LlamaConfig cfg = tiny_config();
+    if (!gqa) cfg.num_key_value_heads = cfg.num_attention_heads;
+    Llama m = random_model(cfg, 41);
+    at::Tensor tokens = random_tokens(2, 40, 61, 42);  // 40 positions: 5 blocks of 8
+    auto run = [&](int64_t block) {
+      for (auto& layer : m->model->layers) layer->self_attn->query_block = block;
+      m->zero_grad();
+      at::Tensor logits = m->forward(tokens);
+      logits.logsumexp(-1).mean().backward();
+      std::vector<at::Tensor> grads;
+      for (auto& p : m->parameters()) grads.push_back(p.grad().clone());
+      return std::make_pair(logits.detach(), grads);
+    };
+    auto [whole, g_whole] = run(0);
+    auto [blocked, g_blocked] = run(8);
+    CHECK(max_abs_diff(whole, blocked) < 1e-5);
+    for (size_t i = 0; i < g_whole.size(); ++i) CHECK(at::allclose(g_whole[i], g_blocked[i], 1e-4, 1e-6));
+    // Odd block sizes fall back to the whole matrix.
+    auto [fallback, g_fallback] = run(7);
+    CHECK(max_abs_diff(whole, fallback) == 0.0);
+  }
+}
