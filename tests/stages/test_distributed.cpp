@@ -80,13 +80,15 @@ void require_ok(const dsk::test::CmdResult& r) {
 
 }  // namespace
 
-TEST_CASE("data parallel: 2 ranks x batch 2 take the steps of 1 process x batch 4 (plain, zero: 1, grad_accum)",
+TEST_CASE("data parallel: 2 ranks x batch 2 take the steps of 1 process x batch 4 (plain + activation checkpointing, zero: 1, grad_accum)",
           "[stages][dist]") {
   auto d = dsk::test::scratch_dir("dp_equiv");
   const std::string steps = "max_steps=4 checkpoint.every=0 grad_accum=2 ";
   require_ok(run_cmd(single(steps + "batch_size=4 output_dir=" + (d / "one").string())));
-  // Small buckets: several all-reduces overlap the backward pass.
-  require_ok(run_cmd(launch2(steps + "batch_size=2 dist.bucket_mb=0.05 output_dir=" + (d / "two").string())));
+  // Small buckets: several all-reduces overlap the backward pass; activation checkpointing
+  // recomputes each layer inside it (its gradients must still reach the hooks once).
+  require_ok(run_cmd(launch2(steps + "batch_size=2 dist.bucket_mb=0.05 activation_checkpointing=true output_dir=" +
+                             (d / "two").string())));
   require_ok(run_cmd(launch2(steps + "batch_size=2 zero=1 output_dir=" + (d / "zero").string())));
 
   auto l1 = losses(d / "one" / "metrics.jsonl");
