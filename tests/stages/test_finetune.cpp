@@ -379,7 +379,12 @@ TEST_CASE("activation checkpointing: identical losses and weights, lower peak RS
   require_same_tensors(d / "off" / "model" / "model.safetensors", d / "on" / "model" / "model.safetensors");
   WARN("peak RSS: " << rss_off / 1024 << " MiB plain, " << rss_on / 1024 << " MiB with activation checkpointing (ratio "
                     << static_cast<double>(rss_on) / static_cast<double>(rss_off) << ")");
+#if defined(__SANITIZE_ADDRESS__)
+  // ASan's shadow memory and quarantine (freed blocks are held back) swamp the activations.
+  WARN("AddressSanitizer build: peak RSS is not compared");
+#else
   CHECK(rss_on < rss_off * 0.85);
+#endif
 }
 
 TEST_CASE("dtype bf16: autocast over fp32 master weights tracks the fp32 run", "[stages][amp]") {
