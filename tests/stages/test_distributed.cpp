@@ -281,3 +281,23 @@ TEST_CASE("SIGTERM to dsk launch: every rank stops after the same step, rank 0 c
   CHECK_THAT(err, !Contains("[rank 1] warn: interrupted"));
   CHECK_THAT(err, !Contains("killing them"));
 }
+
+TEST_CASE("bad input under dsk launch: one line per rank, exit 2, files untouched", "[stages][dist][bad-input]") {
+  auto d = dsk::test::scratch_dir("dp_bad");
+  auto zero2 = run_cmd(launch2("max_steps=2 batch_size=2 zero=2 output_dir=" + (d / "a").string()));
+  CHECK(zero2.exit_code == 2);
+  CHECK_THAT(zero2.err, Contains("zero: 2 is not supported"));
+  CHECK_THAT(zero2.err, !Contains("terminate called"));
+  CHECK(!fs::exists(d / "a"));
+  auto timeout = run_cmd(launch2("max_steps=2 batch_size=2 dist.timeout_s=0 output_dir=" + (d / "b").string()));
+  CHECK(timeout.exit_code == 2);
+  CHECK_THAT(timeout.err, Contains("dist.timeout_s must be > 0"));
+  // Only rank 0 claims output_dir: a non-empty one without resume fails there, and the run with it.
+  fs::create_directories(d / "c");
+  std::ofstream(d / "c" / "precious.txt") << "keep";
+  auto taken = run_cmd(launch2("max_steps=2 batch_size=2 output_dir=" + (d / "c").string()));
+  INFO(taken.err);
+  CHECK(taken.exit_code == 2);
+  CHECK_THAT(taken.err, Contains("[rank 0]") && Contains("resume"));
+  CHECK(std::distance(fs::directory_iterator(d / "c"), fs::directory_iterator()) == 1);
+}
