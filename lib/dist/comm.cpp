@@ -212,22 +212,6 @@ void Comm::allreduce_max(at::Tensor t) {
   });
 }
 
-Comm::Handle Comm::reduce_sum_async(at::Tensor t, int dst) {
-  if (size_ == 1) return {};
-  auto launch = [this, dst](at::Tensor x) {
-    std::vector<at::Tensor> v{x};
-    c10d::ReduceOptions o;
-    o.reduceOp = c10d::ReduceOp::SUM;
-    o.rootRank = dst;
-    return impl_->pg->reduce(v, o);
-  };
-  if (t.device() != device_) {
-    run_on_device("reduce", t, launch);
-    return {};
-  }
-  return start("reduce", [&] { return launch(t); });
-}
-
 void Comm::broadcast(at::Tensor t, int src) {
   if (size_ == 1) return;
   run_on_device("broadcast", t, [this, src](at::Tensor x) {

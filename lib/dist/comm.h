@@ -55,7 +55,6 @@ class Comm {
   Handle allreduce_sum_async(at::Tensor t);
   void allreduce_sum(at::Tensor t) { allreduce_sum_async(t).wait(); }
   void allreduce_max(at::Tensor t);
-  Handle reduce_sum_async(at::Tensor t, int dst);  // the sum lands in dst's tensor only
   void broadcast(at::Tensor t, int src);
   // Point to point (contiguous tensors; both sides agree on shape and dtype).
   void send(at::Tensor t, int dst);

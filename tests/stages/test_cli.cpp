@@ -4,25 +4,22 @@
 #include <fstream>
 #include <regex>
 
+#include "stage_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 using dsk::test::run_cmd;
+using dsk::test::slurp;
+using dsk::test::src;
 
 namespace {
 
 std::string dsk_exe() { return dsk::test::dsk_bin(); }
-std::string src(const std::string& rel) { return std::string(DSK_SOURCE_DIR) + "/" + rel; }
 
 void write(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
   std::ofstream(p, std::ios::binary) << text;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
 }
 
 // A bad-input run: exit code as promised, exactly one "error:" line on stderr, no stack trace.

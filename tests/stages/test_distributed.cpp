@@ -16,23 +16,18 @@
 
 #include "ckpt/safetensors.h"
 #include "dist/launch.h"
+#include "stage_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
+using dsk::test::in_repo;
 using dsk::test::run_cmd;
+using dsk::test::slurp;
+using dsk::test::src;
+using dsk::test::tensors;
 
 namespace {
-
-std::string src(const std::string& rel) { return std::string(DSK_SOURCE_DIR) + "/" + rel; }
-std::string in_repo(const std::string& cmd) { return "cd " + src("") + " && " + cmd; }
-
-std::map<std::string, at::Tensor> tensors(const fs::path& file) {
-  auto f = dsk::ckpt::SafetensorsFile::open(file.string());
-  std::map<std::string, at::Tensor> out;
-  for (const auto& t : f->tensors()) out[t.name] = f->tensor(t.name).clone();
-  return out;
-}
 
 std::vector<double> losses(const fs::path& metrics) {
   std::vector<double> out;
@@ -164,16 +159,11 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
                            "dist.timeout_s=5 output_dir=" + (d / "out").string();
   // Two ranks started by hand with torchrun-style variables.
   auto start = [&](int rank) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      std::string cmd = "cd " + src("") + " && RANK=" + std::to_string(rank) +
-                        " WORLD_SIZE=2 LOCAL_RANK=" + std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" +
-                        std::to_string(port) + " exec " + dsk::test::dsk_bin() + kBase + args + " 2>" +
-                        (d / ("rank" + std::to_string(rank) + ".err")).string() + " >/dev/null";
-      execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
-      _exit(127);
-    }
-    return pid;
+    const std::string r = std::to_string(rank);
+    return dsk::test::spawn("env RANK=" + r + " WORLD_SIZE=2 LOCAL_RANK=" + r +
+                                " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) + " " +
+                                dsk::test::dsk_bin() + kBase + args,
+                            (d / ("rank" + r + ".err")).string());
   };
   pid_t r0 = start(0), r1 = start(1);
   // Wait until training runs (rank 0 has logged steps), then kill rank 1 outright.
@@ -185,8 +175,7 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
   if (!fs::exists(d / "out" / "metrics.jsonl")) {  // never got going: clean up, then fail
     ::kill(r0, SIGKILL), ::kill(r1, SIGKILL);
     ::waitpid(r0, nullptr, 0), ::waitpid(r1, nullptr, 0);
-    std::ifstream e0(d / "rank0.err");
-    FAIL("rank 0 wrote no metrics within 60 s: " << std::string((std::istreambuf_iterator<char>(e0)), {}));
+    FAIL("rank 0 wrote no metrics within 60 s: " << slurp(d / "rank0.err"));
   }
   ::kill(r1, SIGKILL);
   ::waitpid(r1, nullptr, 0);
@@ -201,8 +190,7 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
     ::waitpid(r0, nullptr, 0);
   }
   double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count();
-  std::ifstream in(d / "rank0.err");
-  std::string err((std::istreambuf_iterator<char>(in)), {});
+  const std::string err = slurp(d / "rank0.err");
   INFO(err);
   REQUIRE(done == r0);
   REQUIRE(WIFEXITED(status));
@@ -212,13 +200,8 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
   WARN("rank 0 exited " << took << " s after rank 1 was killed");
 
   // Through the launcher: SIGKILL to one rank makes launch stop the other and fail, naming it.
-  pid_t launcher = fork();
-  if (launcher == 0) {
-    std::string cmd = "cd " + src("") + " && exec " + dsk::test::dsk_bin() + " launch --nproc 2 --" + kBase + args +
-                      "_launch 2>" + (d / "launch.err").string() + " >/dev/null";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
-    _exit(127);
-  }
+  pid_t launcher = dsk::test::spawn(dsk::test::dsk_bin() + " launch --nproc 2 --" + kBase + args + "_launch",
+                                    (d / "launch.err").string());
   t0 = std::chrono::steady_clock::now();
   while (!(fs::exists(d / "out_launch" / "metrics.jsonl") && fs::file_size(d / "out_launch" / "metrics.jsonl") > 0) &&
          seconds() < 60)
@@ -229,16 +212,14 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
     std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
     pid_t child;
     while (children >> child) {
-      std::ifstream env("/proc/" + std::to_string(child) + "/environ", std::ios::binary);
-      std::string all((std::istreambuf_iterator<char>(env)), {});
+      const std::string all = slurp("/proc/" + std::to_string(child) + "/environ");
       if (all.find(std::string("\0RANK=1\0", 8)) != std::string::npos || all.rfind("RANK=1", 0) == 0) victim = child;
     }
   }
   if (victim > 0) ::kill(victim, SIGKILL);
   int lstatus = 0;
   ::waitpid(launcher, &lstatus, 0);
-  std::ifstream lin(d / "launch.err");
-  std::string lerr((std::istreambuf_iterator<char>(lin)), {});
+  const std::string lerr = slurp(d / "launch.err");
   INFO(lerr);
   REQUIRE(victim > 0);
   REQUIRE(WIFEXITED(lstatus));
@@ -249,14 +230,10 @@ TEST_CASE("a killed rank: the survivor exits 1 naming it within the timeout, and
 TEST_CASE("SIGTERM to dsk launch: every rank stops after the same step, rank 0 checkpoints, exit 143",
           "[stages][dist]") {
   auto d = dsk::test::scratch_dir("dp_sigterm");
-  pid_t launcher = fork();
-  if (launcher == 0) {
-    std::string cmd = "cd " + src("") + " && exec " + dsk::test::dsk_bin() + " launch --nproc 2 --" + kBase +
-                      "max_steps=100000 batch_size=2 checkpoint.every=0 eval.max_batches=0 data.eval_fraction=0 "
-                      "output_dir=" + (d / "out").string() + " 2>" + (d / "err").string() + " >/dev/null";
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), (char*)nullptr);
-    _exit(127);
-  }
+  pid_t launcher = dsk::test::spawn(dsk::test::dsk_bin() + " launch --nproc 2 --" + kBase +
+                                        "max_steps=100000 batch_size=2 checkpoint.every=0 eval.max_batches=0 "
+                                        "data.eval_fraction=0 output_dir=" + (d / "out").string(),
+                                    (d / "err").string());
   const fs::path metrics = d / "out" / "metrics.jsonl";
   auto t0 = std::chrono::steady_clock::now();
   while (!(fs::exists(metrics) && fs::file_size(metrics) > 200) &&
@@ -265,8 +242,7 @@ TEST_CASE("SIGTERM to dsk launch: every rank stops after the same step, rank 0 c
   ::kill(launcher, SIGTERM);
   int status = 0;
   ::waitpid(launcher, &status, 0);
-  std::ifstream in(d / "err");
-  std::string err((std::istreambuf_iterator<char>(in)), {});
+  const std::string err = slurp(d / "err");
   INFO(err);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 143);

@@ -14,25 +14,21 @@
 #include <ATen/ATen.h>
 
 #include "ckpt/safetensors.h"
+#include "stage_util.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
+using dsk::test::in_repo;
 using dsk::test::run_cmd;
+using dsk::test::slurp;
+using dsk::test::src;
+using dsk::test::tensors;
 using nlohmann::json;
 
 namespace {
 
 std::string dsk_exe() { return dsk::test::dsk_bin(); }
-std::string src(const std::string& rel) { return std::string(DSK_SOURCE_DIR) + "/" + rel; }
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
-// Runs from the repository root so the configs' relative data/ paths resolve.
-std::string in_repo(const std::string& cmd) { return "cd " + src("") + " && " + cmd; }
 
 // A short LoRA run on Shakespeare (overrides on top of the quickstart config).
 std::string short_run(const fs::path& out, const std::string& extra = "") {
@@ -53,13 +49,6 @@ std::vector<std::string> loss_values(const fs::path& metrics) {
   return out;
 }
 
-std::map<std::string, at::Tensor> tensors(const fs::path& file) {
-  auto f = dsk::ckpt::SafetensorsFile::open(file.string());
-  std::map<std::string, at::Tensor> out;
-  for (const auto& t : f->tensors()) out[t.name] = f->tensor(t.name);
-  return out;
-}
-
 void require_same_tensors(const fs::path& a, const fs::path& b) {
   auto ta = tensors(a), tb = tensors(b);
   REQUIRE(ta.size() == tb.size());
@@ -69,18 +58,6 @@ void require_same_tensors(const fs::path& a, const fs::path& b) {
     REQUIRE(tb.count(name));
     CHECK(at::equal(t, tb.at(name)));
   }
-}
-
-// Starts a dsk command line in the background from the repository root; returns the pid of
-// the dsk process itself (the shell execs it), so signals reach dsk.
-pid_t spawn(const std::string& cmd, const fs::path& log) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    std::string full = "cd " + src("") + " && exec " + cmd + " >" + log.string() + ".out 2>" + log.string();
-    execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
-    _exit(127);
-  }
-  return pid;
 }
 
 bool wait_for(const fs::path& p, double seconds) {
@@ -150,7 +127,7 @@ TEST_CASE("kill -9 mid-run, then resume=auto: same weights as an uninterrupted r
   auto whole = run_cmd(in_repo(short_run(d / "whole", "max_steps=40")));
   REQUIRE(whole.exit_code == 0);
 
-  pid_t pid = spawn(short_run(d / "killed", "max_steps=40"), d / "killed.log");
+  pid_t pid = dsk::test::spawn(short_run(d / "killed", "max_steps=40"), (d / "killed.log").string());
   bool reached = wait_for(d / "killed" / "checkpoints" / "step-16" / "state.json", 300);
   kill(pid, SIGKILL);
   int status = 0;
@@ -176,7 +153,7 @@ TEST_CASE("SIGTERM saves a checkpoint and exits 143 and SIGINT exits 130", "[sta
   auto d = dsk::test::scratch_dir("sigterm");
   for (auto [sig, code] : {std::pair<int, int>{SIGTERM, 143}, {SIGINT, 130}}) {
     fs::path out = d / std::to_string(sig);
-    pid_t pid = spawn(short_run(out, "max_steps=100000"), d / (std::to_string(sig) + ".log"));
+    pid_t pid = dsk::test::spawn(short_run(out, "max_steps=100000"), (d / (std::to_string(sig) + ".log")).string());
     REQUIRE(wait_for(out / "checkpoints" / "step-8" / "state.json", 300));
     kill(pid, sig);
     int status = 0;
@@ -354,12 +331,7 @@ namespace {
 // Runs a command line to completion; returns its exit code and peak RSS in KiB (wait4's rusage
 // of the dsk process itself: the shell execs it).
 std::pair<int, long> run_measured(const std::string& cmd) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    std::string full = "cd " + src("") + " && exec " + cmd + " >/dev/null 2>&1";
-    execl("/bin/sh", "sh", "-c", full.c_str(), (char*)nullptr);
-    _exit(127);
-  }
+  pid_t pid = dsk::test::spawn(cmd, "/dev/null");
   int status = 0;
   struct rusage ru {};
   ::wait4(pid, &status, 0, &ru);
