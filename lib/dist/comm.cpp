@@ -202,6 +202,22 @@ Comm::Handle Comm::allreduce_sum_async(at::Tensor t) {
   return start("all-reduce", [&] { return launch(t); });
 }
 
+Comm::Handle Comm::reduce_sum_async(at::Tensor t, int root) {
+  if (size_ == 1) return {};
+  auto launch = [this, root](at::Tensor x) {
+    std::vector<at::Tensor> v{x};
+    c10d::ReduceOptions o;
+    o.reduceOp = c10d::ReduceOp::SUM;
+    o.rootRank = root;
+    return impl_->pg->reduce(v, o);
+  };
+  if (t.device() != device_) {  // staged: blocking
+    run_on_device("reduce", t, launch);
+    return {};
+  }
+  return start("reduce", [&] { return launch(t); });
+}
+
 void Comm::allreduce_max(at::Tensor t) {
   if (size_ == 1) return;
   run_on_device("all-reduce", t, [this](at::Tensor x) {

@@ -54,6 +54,8 @@ class Comm {
 
   Handle allreduce_sum_async(at::Tensor t);
   void allreduce_sum(at::Tensor t) { allreduce_sum_async(t).wait(); }
+  // Sums `t` over the ranks into rank `root`'s tensor; the others' contents are unspecified after.
+  Handle reduce_sum_async(at::Tensor t, int root);
   void allreduce_max(at::Tensor t);
   void broadcast(at::Tensor t, int src);
   // Point to point (contiguous tensors; both sides agree on shape and dtype).

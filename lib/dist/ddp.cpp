@@ -22,6 +22,7 @@ struct GradSync::State {
     std::vector<size_t> params;  // indices into State::params
     std::vector<int64_t> offsets;
     at::Tensor buffer;           // flat, the bucket's dtype
+    int owner = -1;              // ZeRO-1: the rank the bucket is reduced into; -1: all-reduce
     int pending = 0;             // gradients not yet ready in this sync step
     bool launched = false;
     Comm::Handle handle;
@@ -48,7 +49,7 @@ struct GradSync::State {
       else
         slice.zero_();
     }
-    b.handle = comm.allreduce_sum_async(b.buffer);
+    b.handle = b.owner < 0 ? comm.allreduce_sum_async(b.buffer) : comm.reduce_sum_async(b.buffer, b.owner);
     b.launched = true;
   }
 
@@ -85,38 +86,53 @@ struct ReadyHook : torch::autograd::FunctionPostHook {
 
 }  // namespace
 
-GradSync::GradSync(Comm& comm, std::vector<at::Tensor> params, int64_t bucket_bytes)
+GradSync::GradSync(Comm& comm, std::vector<at::Tensor> params, int64_t bucket_bytes, std::vector<int> owner)
     : st_(std::make_shared<State>(comm)) {
   State& s = *st_;
   s.params = std::move(params);
+  DSK_CHECK(owner.empty() || owner.size() == s.params.size(), "GradSync: {} owners for {} parameters", owner.size(),
+            s.params.size());
   s.bucket_of.assign(s.params.size(), 0);
   s.ready.assign(s.params.size(), 0);
-  // Reverse order: the first bucket holds the parameters whose gradients come first.
-  State::Bucket cur;
-  int64_t cur_bytes = 0;
-  at::ScalarType cur_dtype = at::kFloat;
-  auto close = [&] {
-    if (cur.params.empty()) return;
-    cur.buffer = at::empty({cur_bytes / static_cast<int64_t>(c10::elementSize(cur_dtype))},
-                           s.params[cur.params[0]].options().requires_grad(false));
-    s.buckets.push_back(std::move(cur));
-    cur = State::Bucket();
-    cur_bytes = 0;
+  // Reverse order: the first buckets hold the parameters whose gradients come first. One open
+  // bucket per owner (a single one without owners); a bucket is numbered when it opens, so the
+  // numbering, and with it the launch order, is the same on every rank.
+  struct Open {
+    size_t index = 0;
+    int64_t bytes = 0;
+    bool live = false;
   };
+  std::vector<Open> open(owner.empty() ? 1 : static_cast<size_t>(comm.size()));
   for (size_t j = s.params.size(); j-- > 0;) {
     const at::Tensor& p = s.params[j];
     DSK_CHECK(p.requires_grad() && p.is_leaf(), "data parallel: parameter #{} is not a trainable leaf", j);
+    const int who = owner.empty() ? -1 : owner[j];
+    DSK_CHECK(who < comm.size(), "GradSync: parameter #{} owned by rank {} of {}", j, who, comm.size());
+    Open& o = open[static_cast<size_t>(std::max(who, 0))];
     const int64_t bytes = p.numel() * static_cast<int64_t>(p.element_size());
-    if (!cur.params.empty() && (p.scalar_type() != cur_dtype || p.device() != s.params[cur.params[0]].device() ||
-                                cur_bytes + bytes > bucket_bytes))
-      close();
-    cur_dtype = p.scalar_type();
-    cur.offsets.push_back(cur_bytes / static_cast<int64_t>(p.element_size()));
-    cur.params.push_back(j);
-    s.bucket_of[j] = s.buckets.size();
-    cur_bytes += bytes;
+    if (o.live) {
+      const State::Bucket& b = s.buckets[o.index];
+      const at::Tensor& first = s.params[b.params[0]];
+      if (p.scalar_type() != first.scalar_type() || p.device() != first.device() || o.bytes + bytes > bucket_bytes)
+        o.live = false;
+    }
+    if (!o.live) {
+      o = Open{s.buckets.size(), 0, true};
+      s.buckets.emplace_back();
+      s.buckets.back().owner = who;
+    }
+    State::Bucket& b = s.buckets[o.index];
+    b.offsets.push_back(o.bytes / static_cast<int64_t>(p.element_size()));
+    b.params.push_back(j);
+    s.bucket_of[j] = o.index;
+    o.bytes += bytes;
   }
-  close();
+  for (auto& b : s.buckets) {
+    const at::Tensor& first = s.params[b.params[0]];
+    int64_t n = 0;
+    for (size_t k : b.params) n += s.params[k].numel();
+    b.buffer = at::empty({n}, first.options().requires_grad(false));
+  }
   for (size_t i = 0; i < s.params.size(); ++i) {
     auto acc = torch::autograd::impl::grad_accumulator(s.params[i]);
     DSK_CHECK(acc != nullptr, "data parallel: parameter #{} has no gradient accumulator", i);
@@ -153,6 +169,10 @@ void GradSync::finish() {
     b.handle.wait();
     for (size_t k = 0; k < b.params.size(); ++k) {
       at::Tensor& p = s.params[b.params[k]];
+      if (b.owner >= 0 && b.owner != s.comm.rank()) {  // another rank's: its sum lives there
+        p.mutable_grad().reset();
+        continue;
+      }
       at::Tensor sum = b.buffer.narrow(0, b.offsets[k], p.numel()).view(p.sizes());
       if (p.grad().defined())
         p.mutable_grad().copy_(sum);

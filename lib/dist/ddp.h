@@ -25,9 +25,14 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 // backward pass goes on. Buckets are launched in index order on every rank, so the collectives
 // match even when ranks see gradients in a different order. Only micro-steps marked by
 // begin(true) communicate: gradient accumulation needs no communication until the last one.
+//
+// With `owner` (ZeRO-1: parameter i belongs to rank owner[i], see partition_params) each bucket
+// holds one rank's parameters and is summed into that rank only (a reduce: together, a
+// reduce-scatter of the gradients). After finish() a rank holds the summed gradients of the
+// parameters it owns and no gradient (undefined .grad) for the others.
 class GradSync {
  public:
-  GradSync(Comm& comm, std::vector<at::Tensor> params, int64_t bucket_bytes);
+  GradSync(Comm& comm, std::vector<at::Tensor> params, int64_t bucket_bytes, std::vector<int> owner = {});
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;

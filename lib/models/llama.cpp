@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "core/torch_compat.h"
+#include "kernels/fused.h"
 #include "models/checkpoint.h"
 
 namespace dsk::models {
@@ -100,11 +101,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps_, at::TensorOptions options) : 
   weight = register_parameter("weight", at::empty({dim}, options));
 }
 
-at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  at::Tensor xf = x.to(at::kFloat);                              // no copy when already fp32
-  at::Tensor inv_rms = at::rsqrt(xf.square().mean(-1, true).add_(eps));  // [..., 1]
-  return weight * (xf * inv_rms).to(x.scalar_type());
-}
+// weight * x / rms(x), in float32: the fused kernel on CPU (kernels/fused.h), the composite
+// expression elsewhere.
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) { return kernels::rms_norm(x, weight, eps); }
 
 AttentionImpl::AttentionImpl(const LlamaConfig& cfg, at::TensorOptions options)
     : n_heads(cfg.num_attention_heads), n_kv_heads(cfg.num_key_value_heads), head_dim(cfg.head_dim()) {
@@ -193,7 +192,7 @@ MlpImpl::MlpImpl(const LlamaConfig& cfg, at::TensorOptions options) {
 }
 
 at::Tensor MlpImpl::forward(const at::Tensor& x) {
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));  // [B, T, F] -> [B, T, C]
+  return down_proj(kernels::swiglu(gate_proj(x), up_proj(x)));  // silu(gate) * up: [B, T, F] -> [B, T, C]
 }
 
 DecoderLayerImpl::DecoderLayerImpl(const LlamaConfig& cfg, at::TensorOptions options) {

@@ -11,7 +11,8 @@
 // count, so W ranks at batch b take exactly the step of one process at batch W*b. Each step
 // starts with one small all-reduce that agrees on the token count and on stopping (a signal to
 // any rank stops all after the same step). With zero: 1 each rank keeps the optimizer state of
-// the parameters it owns, updates them and broadcasts them. Only rank 0 writes files.
+// the parameters it owns, receives their summed gradients only (reduce-scatter), updates them
+// and broadcasts them. Only rank 0 writes files.
 #include <ATen/ATen.h>
 #include <fnmatch.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -261,23 +262,25 @@ struct Trainer {
       fail_usage_hint(fmt::format("zero: {} is not supported", zero_stage), "use zero: 0 or zero: 1");
     zero = zero_stage == 1 && world > 1;
     NamedTensors opt_params = trainable;
-    if (world > 1) {
-      const double bucket_mb = cfg.get_float("dist.bucket_mb");
-      if (!(bucket_mb > 0)) fail_usage_hint("dist.bucket_mb must be > 0", "set dist.bucket_mb=25 (the default)");
-      grad_sync = std::make_unique<dist::GradSync>(*comm, trainable_list,
-                                                   static_cast<int64_t>(bucket_mb * 1024.0 * 1024.0));
-      log::debug("data parallel: {} gradient buckets", grad_sync->buckets());
-    }
+    std::vector<int> owner;  // zero: the rank that updates each trainable tensor
     if (zero) {
       std::vector<int64_t> numels;
       for (auto& t : trainable) numels.push_back(t.second.numel());
-      std::vector<int> owner = dist::partition_params(numels, world);
+      owner = dist::partition_params(numels, world);
       owned.assign(static_cast<size_t>(world), {});
       opt_params.clear();
       for (size_t i = 0; i < trainable.size(); ++i) {
         owned[static_cast<size_t>(owner[i])].push_back(trainable[i].second);
         if (owner[i] == comm->rank()) opt_params.push_back(trainable[i]), owned_names.insert(trainable[i].first);
       }
+    }
+    if (world > 1) {
+      // Gradients: all-reduced, or under zero: 1 reduced into their owner only (reduce-scatter).
+      const double bucket_mb = cfg.get_float("dist.bucket_mb");
+      if (!(bucket_mb > 0)) fail_usage_hint("dist.bucket_mb must be > 0", "set dist.bucket_mb=25 (the default)");
+      grad_sync = std::make_unique<dist::GradSync>(*comm, trainable_list,
+                                                   static_cast<int64_t>(bucket_mb * 1024.0 * 1024.0), owner);
+      log::debug("data parallel: {} gradient buckets", grad_sync->buckets());
     }
     opt = train::make_optimizer(cfg.get_string("optim.name"), explicit_hparams(cfg, "optim"), cfg.get_float("optim.lr"),
                                 opt_params);
@@ -558,9 +561,18 @@ struct Trainer {
         comm->allreduce_sum(l);
         loss_sum = l.item<double>();
       }
-      if (scaler.enabled() && !scaler.unscale(trainable_list)) {
+      // Under zero: 1 a rank holds the summed gradients of its own tensors only: the overflow
+      // check and the clipping norm are agreed over the ranks.
+      const std::vector<at::Tensor>& grads_here = zero ? owned[static_cast<size_t>(comm->rank())] : trainable_list;
+      bool finite_grads = !scaler.enabled() || scaler.unscale(grads_here);
+      if (scaler.enabled() && zero) {
+        at::Tensor overflow = at::tensor({finite_grads ? 0.0 : 1.0}, at::kDouble);
+        comm->allreduce_max(overflow);
+        finite_grads = overflow.item<double>() == 0.0;
+      }
+      if (!finite_grads) {
         // fp16 overflow: skip this update, halve the scale (identical on every rank: the
-        // gradients were summed before the check).
+        // gradients were summed, or the verdict agreed, before the check).
         scaler.update(true);
         for (auto& t : trainable_list) t.mutable_grad().reset();
         log::debug("step {}: fp16 gradients overflowed; skipped, loss scale now {}", step, scaler.scale());
@@ -569,7 +581,8 @@ struct Trainer {
         continue;
       }
       scaler.update(false);
-      double grad_norm = train::clip_grad_norm(trainable_list, max_norm);
+      double grad_norm = zero ? train::clip_grad_norm(grads_here, max_norm, [&](at::Tensor& sq) { comm->allreduce_sum(sq); })
+                              : train::clip_grad_norm(trainable_list, max_norm);
       if (!std::isfinite(loss_sum) || !std::isfinite(grad_norm)) {
         fail_hint(fmt::format("step {}: the loss or gradient norm is not finite (loss {}, grad_norm {})", step,
                               loss_sum, grad_norm),

@@ -28,4 +28,26 @@ double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm) {
   return total_norm;
 }
 
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
+                      const std::function<void(at::Tensor&)>& sum_across) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> grads, norms;
+  for (const auto& p : params) {
+    const at::Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    grads.push_back(g);
+    norms.push_back(g.norm().to(at::kCPU, at::kFloat));
+  }
+  at::Tensor sq = norms.empty() ? at::zeros({1}, at::kFloat) : at::stack(norms).square().sum().reshape({1});
+  sum_across(sq);
+  const at::Tensor total = sq.sqrt().reshape({});
+  const double total_norm = total.item<double>();
+  if (max_norm > 0) {
+    const at::Tensor coef = ((total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+    if (!(coef.item<double>() >= 1.0))
+      for (auto& g : grads) g.mul_(coef.to(g.device(), g.scalar_type()));
+  }
+  return total_norm;
+}
+
 }  // namespace dsk::train

@@ -3,6 +3,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 namespace dsk::train {
@@ -13,5 +14,11 @@ namespace dsk::train {
 // A non-finite norm is returned as is (the caller decides whether to skip the step); with
 // max_norm > 0 the gradients are then scaled by a non-finite factor, as in PyTorch.
 double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm);
+
+// The same over gradients spread across processes (ZeRO-1: each rank holds the summed gradients
+// of the parameters it owns): `sum_across` turns this rank's float32 sum of squared norms (a
+// one-element tensor) into the sum over all ranks in place. Every rank must call it.
+double clip_grad_norm(const std::vector<at::Tensor>& params, double max_norm,
+                      const std::function<void(at::Tensor&)>& sum_across);
 
 }  // namespace dsk::train

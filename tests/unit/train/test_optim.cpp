@@ -347,6 +347,39 @@ TEST_CASE("clip_grad_norm edge cases", "[clip]") {
   CHECK(at::equal(ps[0].second.grad(), before));
 }
 
+TEST_CASE("clip_grad_norm over gradients split across ranks equals the whole", "[clip]") {
+  // Two "ranks" own half the tensors each; sum_across adds the other half's sum of squares.
+  auto grads = [] {
+    std::vector<at::Tensor> ps;
+    for (int i = 0; i < 4; ++i) {
+      at::Tensor p = at::zeros({3 + i}).requires_grad_(true);
+      p.mutable_grad() = at::sin(at::arange(3 + i, at::kFloat) + i) * 3;
+      ps.push_back(p);
+    }
+    return ps;
+  };
+  std::vector<at::Tensor> whole = grads(), split = grads();
+  const double want = dsk::train::clip_grad_norm(whole, 1.0);
+  std::vector<at::Tensor> mine = {split[0], split[2]}, theirs = {split[1], split[3]};
+  float their_sq = 0;
+  for (auto& p : theirs) their_sq += p.grad().norm().item<float>() * p.grad().norm().item<float>();
+  int calls = 0;
+  const double got = dsk::train::clip_grad_norm(mine, 1.0, [&](at::Tensor& sq) {
+    ++calls;
+    sq.add_(their_sq);
+  });
+  CHECK(calls == 1);
+  CHECK(got == Approx(want).epsilon(1e-6));
+  REQUIRE(want > 1.0);
+  CHECK(rel_err(split[0].grad(), whole[0].grad()) <= 1e-6);
+  CHECK(rel_err(split[2].grad(), whole[2].grad()) <= 1e-6);
+  // a rank that owns no gradient still takes part in the sum
+  std::vector<at::Tensor> none = {at::zeros({2}).requires_grad_(true)};
+  calls = 0;
+  CHECK(dsk::train::clip_grad_norm(none, 1.0, [&](at::Tensor& sq) { ++calls, sq.add_(4.0f); }) == Approx(2.0));
+  CHECK(calls == 1);
+}
+
 TEST_CASE("fused float32 path agrees with the ATen path", "[optim]") {
   // A transposed (non-contiguous) parameter takes the ATen path; its contiguous twin the fused one.
   for (const char* name : {"adamw", "sgd", "lion"}) {
