@@ -36,6 +36,8 @@ const Command kCommands[] = {
      dsk::stages::run_eval},
     {"generate", "generate text with a KV cache (greedy or sampled)", dsk::stages::generate_schema,
      dsk::stages::run_generate},
+    {"quantize", "quantize weights (RTN/GPTQ, int8/int4, W8A8) with a sensitivity report", dsk::stages::quantize_schema,
+     dsk::stages::run_quantize},
 };
 
 const Command* find_command(const std::string& name) {

@@ -263,6 +263,11 @@ models::LlamaConfig read_hf_config(const std::string& dir) {
   c.eos_token_id = r.token_id("eos_token_id", 2);
   c.torch_dtype = r.string_or("torch_dtype", r.string_or("dtype", "float32"));
   read_rope_scaling(r, file, c);
+  if (j.contains("quantization_config") && !j["quantization_config"].is_null()) {
+    if (!j["quantization_config"].is_object())
+      fail_usage_hint(fmt::format("{}: quantization_config is not a JSON object", file), "fix the model's config.json");
+    c.quantization_config = j["quantization_config"].dump();
+  }
 
   if (c.hidden_size % c.num_attention_heads != 0) {
     fail_usage_hint(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", file, c.hidden_size,
@@ -324,6 +329,7 @@ nlohmann::json hf_config_json(const models::LlamaConfig& c) {
                          {"high_freq_factor", c.rope_high_freq_factor},
                          {"original_max_position_embeddings", c.rope_original_max_position_embeddings}};
   }
+  if (!c.quantization_config.empty()) j["quantization_config"] = nlohmann::json::parse(c.quantization_config);
   if (c.model_type == "qwen2") {
     j["use_sliding_window"] = false;
     j["sliding_window"] = nullptr;

@@ -7,13 +7,15 @@
 namespace dsk::models {
 
 LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool with_bias,
-                               at::TensorOptions options) {
+                               at::TensorOptions options)
+    : in_features_(in_features), out_features_(out_features) {
   weight = register_parameter("weight", at::empty({out_features, in_features}, options));
   if (with_bias) bias = register_parameter("bias", at::empty({out_features}, options));
 }
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
-  at::Tensor y = at::linear(x, weight, bias);  // [..., out]
+  if (input_observer) input_observer(x);
+  at::Tensor y = qlinear_ ? quant::qlinear_forward(x, *qlinear_, bias) : at::linear(x, weight, bias);  // [..., out]
   if (lora_A_) {
     at::Tensor xd = lora_dropout_ > 0.0 ? at::dropout(x, lora_dropout_, is_training()) : x;
     at::Tensor low = at::linear(at::linear(xd, lora_A_->weight), lora_B_->weight);  // [..., out]
@@ -56,8 +58,22 @@ void LoraLinearImpl::detach_lora() {
   lora_dropout_ = 0.0;
 }
 
+void LoraLinearImpl::set_quantized(std::shared_ptr<const quant::QLinear> q) {
+  DSK_CHECK(q != nullptr, "set_quantized: no quantized weight");
+  DSK_CHECK(q->weight.out_features() == out_features_ && q->weight.in_features() == in_features_,
+            "quantized weight {}x{} for a linear layer {}x{}", q->weight.out_features(), q->weight.in_features(),
+            out_features_, in_features_);
+  qlinear_ = std::move(q);
+  at::NoGradGuard no_grad;
+  weight.set_requires_grad(false);
+  weight.set_data(at::empty({0}, weight.options()));
+}
+
 void LoraLinearImpl::merge_lora() {
   if (!lora_A_) return;
+  if (qlinear_)
+    fail_usage_hint("cannot merge a LoRA adapter into a quantized layer",
+                    "save the adapter (adapter/) and apply it to the full-precision base model, or quantize after merging");
   {
     at::NoGradGuard no_grad;
     at::Tensor delta = at::mm(lora_B_->weight.to(at::kFloat), lora_A_->weight.to(at::kFloat));  // [out, in]

@@ -10,7 +10,10 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <memory>
+
+#include "quant/qlinear.h"
 
 namespace dsk::models {
 
@@ -40,13 +43,25 @@ class LoraLinearImpl : public torch::nn::Module {
   const at::Tensor& lora_B() const;  // [out, r]
   double lora_scale() const { return lora_scale_; }
 
-  int64_t in_features() const { return weight.size(1); }
-  int64_t out_features() const { return weight.size(0); }
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
 
-  at::Tensor weight;  // [out, in]
+  // A quantized base (dsk quantize, or a GPTQ-layout checkpoint): the layer then computes with
+  // the codes and scales (quant::qlinear_forward), `weight` is emptied (0 elements, frozen) and
+  // the state lists the packed tensors instead (models::state_tensors). A LoRA adapter on top
+  // trains as usual (QLoRA).
+  void set_quantized(std::shared_ptr<const quant::QLinear> q);
+  const quant::QLinear* quantized() const { return qlinear_.get(); }
+
+  // Called with every input x before the forward (calibration statistics); empty: none.
+  std::function<void(const at::Tensor&)> input_observer;
+
+  at::Tensor weight;  // [out, in]; [0] when quantized
   at::Tensor bias;    // [out], undefined when constructed without bias
 
  private:
+  int64_t in_features_ = 0, out_features_ = 0;
+  std::shared_ptr<const quant::QLinear> qlinear_;
   std::shared_ptr<WeightImpl> lora_A_, lora_B_;
   double lora_scale_ = 0.0;
   double lora_dropout_ = 0.0;

@@ -13,6 +13,7 @@
 #include "core/torch_compat.h"
 #include "kernels/fused.h"
 #include "models/checkpoint.h"
+#include "models/quantized.h"
 
 namespace dsk::models {
 
@@ -361,18 +362,32 @@ std::string shape_str(at::IntArrayRef sizes) {
   return s + "]";
 }
 
-std::vector<std::pair<std::string, at::Tensor>> state_tensors(Llama& model) {
+namespace {
+
+// The parameters a checkpoint holds: no LoRA tensors, no (emptied) weights of quantized layers.
+std::vector<std::pair<std::string, at::Tensor>> parameter_tensors(Llama& model) {
+  std::set<std::string> quantized;
+  for (auto& [name, lin] : linear_layers(model))
+    if (lin->quantized()) quantized.insert(name + ".weight");
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& item : model->named_parameters(true)) {
-    if (is_lora_name(item.key())) continue;
+    if (is_lora_name(item.key()) || quantized.count(item.key())) continue;
     out.emplace_back(item.key(), item.value().detach());
   }
   return out;
 }
 
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> state_tensors(Llama& model) {
+  auto out = parameter_tensors(model);
+  for (auto& t : quantized_state_tensors(model)) out.push_back(std::move(t));
+  return out;
+}
+
 void load_state_tensors(Llama& model, const std::map<std::string, at::Tensor>& weights) {
   const std::string hint = "config.json and the weights disagree: use the config.json that came with these weights";
-  auto expected = state_tensors(model);
+  auto expected = parameter_tensors(model);
   std::set<std::string> expected_names;
   std::vector<std::string> missing;
   for (auto& [name, param] : expected) {

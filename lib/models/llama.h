@@ -157,6 +157,8 @@ class LlamaImpl : public torch::nn::Module {
   KVCache make_cache(int64_t batch, int64_t capacity) const;
 
   const LlamaConfig& config() const { return config_; }
+  // config.json's quantization_config (models/quantized.h), set when layers are quantized.
+  void set_quantization_config(std::string json) { config_.quantization_config = std::move(json); }
   at::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
   c10::Device device() const { return model->embed_tokens->weight.device(); }
 
@@ -166,8 +168,11 @@ class LlamaImpl : public torch::nn::Module {
   // keeping its activations (models/checkpoint.h). Gradients are unchanged.
   bool activation_checkpointing = false;
 
- private:
+  // Rotary tables and causal mask for positions [start, start + T), for running layers one at a
+  // time (layer-wise calibration in dsk quantize).
   PositionContext position_context(int64_t start, int64_t T);
+
+ private:
 
   LlamaConfig config_;
   at::Tensor rope_cos_, rope_sin_;  // [N, D] fp32 on the model's device, grown on demand
@@ -179,7 +184,8 @@ TORCH_MODULE(Llama);
 
 // Every base weight under its HF name, in module order (the tensors share storage with the
 // model). Tied models do not emit lm_head.weight, as Hugging Face does not save it.
-// LoRA adapter tensors are not included (models/lora.h has lora_state_tensors).
+// LoRA adapter tensors are not included (models/lora.h has lora_state_tensors). Quantized layers
+// contribute their packed GPTQ tensors instead of ".weight" (models/quantized.h).
 std::vector<std::pair<std::string, at::Tensor>> state_tensors(Llama& model);
 
 // Copies `weights` into the model, converting dtype and device. Usage error (exit 2) naming the

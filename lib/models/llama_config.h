@@ -35,6 +35,9 @@ struct LlamaConfig {
   double rope_low_freq_factor = 1.0;                   // llama3
   double rope_high_freq_factor = 4.0;                  // llama3
   int64_t rope_original_max_position_embeddings = 0;   // llama3
+  // config.json "quantization_config" as JSON text, empty for a full-precision model
+  // (models/quantized.h reads and writes it).
+  std::string quantization_config;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };

@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "models/llama2c.h"
 #include "models/lora.h"
+#include "models/quantized.h"
 
 namespace dsk::models {
 
@@ -37,6 +38,9 @@ LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Devic
     out.config = cfg;
     out.path = path;
     out.model = Llama(cfg, at::TensorOptions().dtype(dtype).device(device), /*init=*/false);
+    if (!cfg.quantization_config.empty())
+      load_quantized_layers(out.model, parse_quantization_config(cfg.quantization_config, path + "/config.json"),
+                            weights);
     load_state_tensors(out.model, weights);
     log::debug("loaded {}: {} layers, hidden {}, vocab {}, {}", path, cfg.num_hidden_layers, cfg.hidden_size,
                cfg.vocab_size, c10::toString(dtype));
@@ -46,12 +50,27 @@ LoadedModel load_model(const std::string& path, at::ScalarType dtype, c10::Devic
   }
 }
 
+void convert_to_half_rope(LoadedModel& lm) {
+  if (lm.config.rope_style == RopeStyle::Half) return;
+  DSK_CHECK(!is_quantized(lm.model), "convert_to_half_rope: the model is quantized");
+  auto list = state_tensors(lm.model);
+  LlamaConfig cfg = lm.config;
+  convert_rope_to_half(cfg, list);
+  std::map<std::string, at::Tensor> weights(list.begin(), list.end());
+  Llama half(cfg, at::TensorOptions().dtype(lm.model->dtype()).device(lm.model->device()), /*init=*/false);
+  load_state_tensors(half, weights);
+  lm.model = half;
+  lm.config = cfg;
+}
+
 void save_model_hf(const std::string& dir, Llama& model, const std::map<std::string, std::string>& metadata,
                    uint64_t max_shard_bytes) {
   if (!lora_parameters(model).empty())
     fail("saving '{}': the model has unmerged LoRA adapters; call merge_lora first (or save the adapter)", dir);
   LlamaConfig cfg = model->config();
   auto tensors = state_tensors(model);
+  if (cfg.rope_style != RopeStyle::Half && is_quantized(model))
+    fail("saving '{}': a quantized model in the Interleaved rotary layout (convert_to_half_rope before quantizing)", dir);
   if (cfg.rope_style != RopeStyle::Half) convert_rope_to_half(cfg, tensors);
   cfg.torch_dtype = model->dtype() == at::kBFloat16 ? "bfloat16" : model->dtype() == at::kHalf ? "float16" : "float32";
   ckpt::save_hf_dir(dir, cfg, tensors, metadata, max_shard_bytes);

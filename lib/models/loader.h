@@ -27,6 +27,11 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path, at::ScalarType dtype = at::kFloat,
                        c10::Device device = c10::Device(c10::kCPU));
 
+// Turns a model in the Interleaved rotary layout (llama2.c) into the equivalent Half-layout one
+// (q/k rows permuted, same logits), so that layer-wise transforms such as quantization produce
+// weights a Hugging Face directory can hold as they are. No-op for Half models.
+void convert_to_half_rope(LoadedModel& lm);
+
 // Writes `model` as a Hugging Face directory (config.json, generation_config.json,
 // model.safetensors or shards over max_shard_bytes) in the model's dtype. An Interleaved model's
 // q/k rows are permuted to the Half layout on the way (convert_rope_to_half), so transformers

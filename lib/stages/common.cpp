@@ -99,4 +99,23 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, const std::string& stage) {
+  return {{"format", "pt"}, {"dsk_version", DSK_VERSION}, {"dsk_stage", stage}, {"config_hash", cfg.hash()}};
+}
+
+void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir) {
+  namespace stdfs = std::filesystem;
+  std::string src = cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string("model.path");
+  stdfs::path p(src);
+  std::error_code ec;
+  if (stdfs::is_directory(p, ec)) {
+    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
+      if (stdfs::exists(p / name, ec)) stdfs::copy_file(p / name, dir / name, stdfs::copy_options::overwrite_existing, ec);
+    return;
+  }
+  std::string target = p.extension() == ".json" ? "tokenizer.json" : "tokenizer.model";
+  stdfs::copy_file(p, dir / target, stdfs::copy_options::overwrite_existing, ec);
+  if (ec) fail("copying tokenizer '{}' into '{}': {}", src, dir.string(), ec.message());
+}
+
 }  // namespace dsk::stages

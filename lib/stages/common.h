@@ -5,6 +5,8 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -32,6 +34,13 @@ std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg);
 models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt);
 // The data source under `prefix` ("data.train", "data.eval") plus data.add_bos/add_eos.
 data::DataSpec data_spec_from(const config::Config& cfg, const std::string& prefix);
+// safetensors metadata of a stage's artifacts: format, dsk_version, dsk_stage, config_hash.
+std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, const std::string& stage);
+
+// Copies the tokenizer (tokenizer.path, else the one inside model.path) into `dir`, so a
+// written model directory is self-contained.
+void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir);
+
 // Prints the resolved config to stderr, once, as YAML.
 void log_resolved_config(const config::Config& cfg);
 // Seconds since an arbitrary epoch (steady clock).

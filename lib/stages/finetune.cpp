@@ -33,6 +33,7 @@
 #include "data/dataset.h"
 #include "dist/ddp.h"
 #include "models/lora.h"
+#include "models/quantized.h"
 #include "stages/common.h"
 #include "stages/evaluate.h"
 #include "stages/run_dir.h"
@@ -109,30 +110,11 @@ NamedTensors trainable_parameters(models::Llama& model) {
   return out;
 }
 
-std::map<std::string, std::string> artifact_metadata(const config::Config& cfg) {
-  return {{"format", "pt"}, {"dsk_version", DSK_VERSION}, {"dsk_stage", "finetune"}, {"config_hash", cfg.hash()}};
-}
-
 std::map<std::string, at::Tensor> read_all(const stdfs::path& file) {
   auto f = ckpt::SafetensorsFile::open(file.string());
   std::map<std::string, at::Tensor> out;
   for (const auto& t : f->tensors()) out[t.name] = f->tensor(t.name);
   return out;
-}
-
-// Copies the tokenizer file next to the weights so model/ is self-contained.
-void copy_tokenizer(const config::Config& cfg, const stdfs::path& dir) {
-  std::string src = cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string("model.path");
-  stdfs::path p(src);
-  std::error_code ec;
-  if (stdfs::is_directory(p, ec)) {
-    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
-      if (stdfs::exists(p / name, ec)) stdfs::copy_file(p / name, dir / name, stdfs::copy_options::overwrite_existing, ec);
-    return;
-  }
-  std::string target = p.extension() == ".json" ? "tokenizer.json" : "tokenizer.model";
-  stdfs::copy_file(p, dir / target, stdfs::copy_options::overwrite_existing, ec);
-  if (ec) fail("copying tokenizer '{}' into '{}': {}", src, dir.string(), ec.message());
 }
 
 // ---------------------------------------------------------------------------
@@ -241,6 +223,11 @@ struct Trainer {
 
     // Method: LoRA adapters (everything else frozen) or full training.
     lora = cfg.get_string("method") == "lora";
+    if (!lora && models::is_quantized(lm.model))
+      fail_usage_hint(fmt::format("model '{}' is quantized: method full cannot train its integer weights",
+                                  cfg.get_string("model.path")),
+                      "use method: lora (QLoRA: adapters over the frozen quantized base), or fine-tune the "
+                      "full-precision model and quantize afterwards");
     if (lora) {
       lora_spec.target_modules = cfg.get_list("lora.targets");
       lora_spec.r = cfg.get_int("lora.rank");
@@ -330,7 +317,7 @@ struct Trainer {
                             {"method", lora ? "lora" : "full"},
                             {"elapsed_s", elapsed}};
     if (eval_nll_before) state["eval_nll_before"] = *eval_nll_before;
-    auto meta = artifact_metadata(cfg);
+    auto meta = artifact_metadata(cfg, "finetune");
     auto path = ckpts.save(step, state, [&](const stdfs::path& dir) {
       NamedTensors weights;
       for (auto& t : trainable) weights.emplace_back(t.first, t.second.detach());
@@ -417,7 +404,7 @@ struct Trainer {
   }
 
   void save_final(int64_t step) {
-    auto meta = artifact_metadata(cfg);
+    auto meta = artifact_metadata(cfg, "finetune");
     if (lora) {
       fs::StagingDir adapter(out / "adapter");
       auto config = models::peft_adapter_config_json(lora_spec, cfg.get_string("model.path"));
@@ -426,6 +413,11 @@ struct Trainer {
                              models::lora_state_tensors(lm.model), meta);
       adapter.commit();
       if (!cfg.get_bool("save.merged")) return;
+      if (models::is_quantized(lm.model)) {
+        log::info("saved adapter/ after step {}; no merged model/: the base is quantized (QLoRA), apply adapter/ "
+                  "to the full-precision base to merge", step);
+        return;
+      }
       models::merge_lora(lm.model);
     }
     fs::StagingDir model_dir(out / "model");

@@ -183,7 +183,41 @@ Schema make_generate_schema() {
   return s;
 }
 
+Schema make_quantize_schema() {
+  Schema s("quantize", "Quantize a model's linear layers (RTN or GPTQ, W8A8) and write a GPTQ-layout model + report.");
+  add_model_keys(s);
+  add_data_source(s, "data.calib", true);
+  add_data_source(s, "data.eval", false);
+  for (const auto& d : data::data_keys())
+    if (d.scope != "train") s.add(spec_from_doc("data", d));
+  s.add_required("output_dir", Type::Path, "quant_report.json, config.yaml and model/ go here");
+  s.add("batch_size", Type::Int, "8", "windows per forward pass (calibration and evaluation)");
+  s.add("eval.max_batches", Type::Int, "0", "eval batches for the end-to-end NLL/KL (0: the whole eval set)");
+  s.add("quant.bits", Type::Int, "4", "weight bits: 8, 4, 3 or 2");
+  s.add("quant.group_size", Type::Int, "32",
+        "> 0: group-wise scales over this many input columns (the last group may be shorter); 0: per-channel; -1: "
+        "per-tensor");
+  s.add("quant.symmetric", Type::Bool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric (min/max) ranges");
+  s.add_enum("quant.method", {"gptq", "rtn"}, "gptq", "rtn: round to nearest; gptq: error-compensating (calibration)");
+  s.add_enum("quant.activations", {"none", "dynamic", "static"}, "none",
+             "int8 activations (W8A8, needs bits 8): dynamic per token, or static per-layer scales from calibration");
+  s.add("quant.calib_samples", Type::Int, "128", "calibration windows of data.seq_len tokens from data.calib");
+  s.add("quant.damp", Type::Float, "0.01", "GPTQ dampening added to the Hessian diagonal, relative to its mean");
+  s.add("quant.act_order", Type::Bool, "false", "GPTQ: quantize columns by decreasing activation energy (desc_act)");
+  s.add("quant.block_size", Type::Int, "128", "GPTQ: columns per lazy-update block");
+  s.add("quant.include", Type::StringList, "[\"*\"]",
+        "linear layers to quantize: names (q_proj) or globs on the full name (model.layers.*.mlp.*)");
+  s.add("quant.exclude", Type::StringList, "[lm_head]", "linear layers kept in full precision (embeddings always are)");
+  s.add("quant.sensitivity_only", Type::Bool, "false", "write the report only, no model/");
+  return s;
+}
+
 }  // namespace
+
+const config::Schema& quantize_schema() {
+  static const Schema s = make_quantize_schema();
+  return s;
+}
 
 const config::Schema& finetune_schema() {
   static const Schema s = make_finetune_schema();

@@ -16,4 +16,7 @@ int run_eval(const config::Config& cfg);
 const config::Schema& generate_schema();
 int run_generate(const config::Config& cfg);
 
+const config::Schema& quantize_schema();
+int run_quantize(const config::Config& cfg);
+
 }  // namespace dsk::stages
