@@ -15,7 +15,14 @@ LoraLinearImpl::LoraLinearImpl(int64_t in_features, int64_t out_features, bool w
 
 at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
   if (input_observer) input_observer(x);
-  at::Tensor y = qlinear_ ? quant::qlinear_forward(x, *qlinear_, bias) : at::linear(x, weight, bias);  // [..., out]
+  at::Tensor y;  // [..., out]
+  if (qlinear_)
+    y = quant::qlinear_forward(x, *qlinear_, bias);
+  else if (fake_quant_)
+    y = at::linear(quant::fake_quantize_input(x, fake_quant_->act), quant::fake_quantize_weight(weight, fake_quant_->scheme),
+                   bias);
+  else
+    y = at::linear(x, weight, bias);
   if (lora_A_) {
     at::Tensor xd = lora_dropout_ > 0.0 ? at::dropout(x, lora_dropout_, is_training()) : x;
     at::Tensor low = at::linear(at::linear(xd, lora_A_->weight), lora_B_->weight);  // [..., out]

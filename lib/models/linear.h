@@ -52,6 +52,10 @@ class LoraLinearImpl : public torch::nn::Module {
   // trains as usual (QLoRA).
   void set_quantized(std::shared_ptr<const quant::QLinear> q);
   const quant::QLinear* quantized() const { return qlinear_.get(); }
+  // Quantization-aware training: the forward fake-quantizes the weight (and inputs) with this
+  // scheme; null turns it off.
+  void set_fake_quant(std::shared_ptr<const quant::FakeQuant> fq) { fake_quant_ = std::move(fq); }
+  const quant::FakeQuant* fake_quant() const { return fake_quant_.get(); }
 
   // Called with every input x before the forward (calibration statistics); empty: none.
   std::function<void(const at::Tensor&)> input_observer;
@@ -62,6 +66,7 @@ class LoraLinearImpl : public torch::nn::Module {
  private:
   int64_t in_features_ = 0, out_features_ = 0;
   std::shared_ptr<const quant::QLinear> qlinear_;
+  std::shared_ptr<const quant::FakeQuant> fake_quant_;
   std::shared_ptr<WeightImpl> lora_A_, lora_B_;
   double lora_scale_ = 0.0;
   double lora_dropout_ = 0.0;

@@ -1,6 +1,7 @@
 #include "models/quantized.h"
 
 #include <fmt/format.h>
+#include <fnmatch.h>
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -74,6 +75,27 @@ std::vector<std::pair<std::string, LoraLinearImpl*>> linear_layers(Llama& model)
   std::vector<std::pair<std::string, LoraLinearImpl*>> out;
   for (auto& item : model->named_modules("", /*include_self=*/false))
     if (auto* lin = item.value()->as<LoraLinearImpl>()) out.emplace_back(item.key(), lin);
+  return out;
+}
+
+namespace {
+
+bool matches(const std::string& name, const std::vector<std::string>& patterns) {
+  const size_t dot = name.rfind('.');
+  const std::string leaf = dot == std::string::npos ? name : name.substr(dot + 1);
+  for (const auto& p : patterns)
+    if (fnmatch(p.c_str(), name.c_str(), 0) == 0 || fnmatch(p.c_str(), leaf.c_str(), 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, LoraLinearImpl*>> select_linear_layers(Llama& model,
+                                                                          const std::vector<std::string>& include,
+                                                                          const std::vector<std::string>& exclude) {
+  std::vector<std::pair<std::string, LoraLinearImpl*>> out;
+  for (auto& [name, lin] : linear_layers(model))
+    if (matches(name, include) && !matches(name, exclude)) out.emplace_back(name, lin);
   return out;
 }
 

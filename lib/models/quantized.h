@@ -38,6 +38,12 @@ QuantConfig parse_quantization_config(const std::string& json_text, const std::s
 std::vector<std::pair<std::string, LoraLinearImpl*>> linear_layers(Llama& model);
 bool is_quantized(Llama& model);
 
+// The linear layers whose full name or last component matches an include glob and no exclude
+// glob (quant.include / quant.exclude, qat.include / qat.exclude).
+std::vector<std::pair<std::string, LoraLinearImpl*>> select_linear_layers(Llama& model,
+                                                                          const std::vector<std::string>& include,
+                                                                          const std::vector<std::string>& exclude);
+
 // The packed tensors of the quantized layers (state_tensors() appends them).
 std::vector<std::pair<std::string, at::Tensor>> quantized_state_tensors(Llama& model);
 

@@ -41,4 +41,24 @@ at::Tensor qlinear_forward(const at::Tensor& x, const QLinear& q, const at::Tens
   return at::linear(xin, w, bias);
 }
 
+at::Tensor fake_quantize_weight(const at::Tensor& weight, const Scheme& s) {
+  at::Tensor deq;
+  {
+    at::NoGradGuard no_grad;
+    deq = dequantize(quantize_rtn(weight, s)).to(weight.device(), weight.scalar_type());
+  }
+  return weight + (deq - weight.detach());  // value deq, gradient 1 with respect to weight
+}
+
+at::Tensor fake_quantize_input(const at::Tensor& x, ActMode act) {
+  if (act == ActMode::None) return x;
+  DSK_CHECK(act == ActMode::Dynamic, "fake quantization of inputs supports dynamic int8 only");
+  at::Tensor q;
+  {
+    at::NoGradGuard no_grad;
+    q = fake_quant_act_dynamic(x.detach());
+  }
+  return x + (q - x.detach());
+}
+
 }  // namespace dsk::quant

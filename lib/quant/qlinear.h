@@ -15,6 +15,7 @@
 #include <string>
 
 #include "quant/pack.h"
+#include "quant/quantize.h"
 
 namespace dsk::quant {
 
@@ -35,5 +36,16 @@ at::Tensor qlinear_forward(const at::Tensor& x, const QLinear& q, const at::Tens
 // The int8 levels activations are rounded to: per row (dynamic) or with one step (static).
 at::Tensor fake_quant_act_dynamic(const at::Tensor& x);
 at::Tensor fake_quant_act_static(const at::Tensor& x, float step);
+
+// Quantization-aware training: the forward sees exactly the values the quantized layer will use
+// (RTN codes of the current weight, int8 levels of the inputs); the backward passes gradients
+// straight through the rounding (straight-through estimator). Converting the trained weight with
+// quantize_rtn(scheme) afterwards gives the layer that computes what training computed.
+struct FakeQuant {
+  Scheme scheme;
+  ActMode act = ActMode::None;  // None or Dynamic
+};
+at::Tensor fake_quantize_weight(const at::Tensor& weight, const Scheme& s);
+at::Tensor fake_quantize_input(const at::Tensor& x, ActMode act);
 
 }  // namespace dsk::quant

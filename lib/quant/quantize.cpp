@@ -15,6 +15,15 @@ using at::indexing::Slice;
 
 constexpr float kMinScale = 5.9604645e-08f;  // the smallest positive float16 (2^-24)
 
+// The smallest float16 value >= scale (positive scales): rounding to nearest could shrink the
+// grid below [min, max] and clamp the extreme weights by more than half a step.
+at::Tensor float16_ceil(const at::Tensor& scale) {
+  at::Tensor h = scale.clamp_min(kMinScale).to(at::kHalf);
+  at::Tensor below = h.to(at::kFloat) < scale;
+  h.view(at::kShort).add_(below.to(at::kShort));  // positive halves: bits + 1 is the next value up
+  return h.to(at::kFloat);
+}
+
 // Per-row parameters of the values w [N, m]: scale [N, 1] (float16-exact) and zero [N, 1]
 // (float, integral). per_tensor: one scale for all rows.
 void find_params(const at::Tensor& w, const Scheme& s, bool per_tensor, at::Tensor& scale, at::Tensor& zero) {
@@ -28,12 +37,11 @@ void find_params(const at::Tensor& w, const Scheme& s, bool per_tensor, at::Tens
     at::Tensor lo = per_tensor ? w.min().expand({N, 1}).clone() : std::get<0>(w.min(1, true));
     at::Tensor hi = per_tensor ? w.max().expand({N, 1}).clone() : std::get<0>(w.max(1, true));
     lo = lo.clamp_max(0), hi = hi.clamp_min(0);
-    scale = (hi - lo) / levels;
-    scale = scale.to(at::kHalf).to(at::kFloat).clamp_min(kMinScale);
+    scale = float16_ceil((hi - lo) / levels);
     zero = (-lo / scale).round().clamp(0, levels);
     return;
   }
-  scale = scale.to(at::kHalf).to(at::kFloat).clamp_min(kMinScale);
+  scale = float16_ceil(scale);
 }
 
 at::Tensor codes_of(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& zero, int bits) {

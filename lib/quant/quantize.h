@@ -11,9 +11,10 @@
 //   * group-wise: column k belongs to group k / group_size; when the input width is not a
 //     multiple of group_size the last group is shorter ("ragged"), with scales of its own — the
 //     rule for shapes such as stories260K's 172-wide down-projection;
-//   * scales are rounded to float16 when computed (the GPTQ layout stores float16), so a saved
-//     and reloaded model computes exactly what the in-memory one did; a scale that would round to
-//     zero (an all-zero group) becomes the smallest positive float16.
+//   * scales are rounded up to a float16 value when computed (the GPTQ layout stores float16),
+//     so a saved and reloaded model computes exactly what the in-memory one did, and rounding
+//     never shrinks the grid below the weights' range; an all-zero group gets the smallest
+//     positive float16.
 #pragma once
 
 #include <ATen/ATen.h>

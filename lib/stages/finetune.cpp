@@ -138,6 +138,9 @@ struct Trainer {
   data::TrainData data;
   bool lora = false;
   models::LoraSpec lora_spec;
+  // qat.enabled: the fake-quantized layers and their scheme (converted to a quantized model/)
+  std::vector<std::pair<std::string, models::LoraLinearImpl*>> qat_layers;
+  std::shared_ptr<quant::FakeQuant> qat;
   NamedTensors trainable;
   std::vector<at::Tensor> trainable_list;
   std::unique_ptr<train::Optimizer> opt;
@@ -237,6 +240,7 @@ struct Trainer {
       models::apply_lora(lm.model, lora_spec);
     }
     apply_freezing(lm.model, cfg);
+    setup_qat();
     lm.model->activation_checkpointing = cfg.get_bool("activation_checkpointing");
     trainable = trainable_parameters(lm.model);
     if (trainable.empty()) fail_usage_hint("every parameter is frozen: nothing to train", "relax freeze.*");
@@ -420,11 +424,58 @@ struct Trainer {
       }
       models::merge_lora(lm.model);
     }
+    if (qat) convert_qat();
     fs::StagingDir model_dir(out / "model");
     models::save_model_hf(model_dir.path().string(), lm.model, meta);
     copy_tokenizer(cfg, model_dir.path());
     model_dir.commit();
-    log::info("saved {} after step {}", lora ? "adapter/ and model/" : "model/", step);
+    log::info("saved {} after step {}", lora ? "adapter/ and model/" : qat ? "model/ (quantized from QAT)" : "model/",
+              step);
+  }
+
+  // Quantization-aware training (qat.enabled): fake quantization with a straight-through
+  // estimator on the selected linear layers; save_final converts them to a quantized model/.
+  void setup_qat() {
+    if (!cfg.get_bool("qat.enabled")) return;
+    if (lora)
+      fail_usage_hint("qat.enabled needs method: full (QAT trains the weights that will be quantized)",
+                      "set method=full, or quantize a LoRA-merged model with dsk quantize");
+    if (models::is_quantized(lm.model))
+      fail_usage_hint("qat.enabled on a model that is already quantized", "start QAT from the full-precision model");
+    qat = std::make_shared<quant::FakeQuant>();
+    qat->scheme.bits = static_cast<int>(cfg.get_int("qat.bits"));
+    qat->scheme.group_size = cfg.get_int("qat.group_size");
+    qat->scheme.symmetric = cfg.get_bool("qat.symmetric");
+    qat->act = quant::act_mode_from(cfg.get_string("qat.activations"));
+    quant::check_scheme(qat->scheme);
+    if (qat->act == quant::ActMode::Static)
+      fail_usage_hint("qat.activations: static is not supported", "use qat.activations none or dynamic");
+    if (qat->act != quant::ActMode::None && qat->scheme.bits != 8)
+      fail_usage_hint("qat.activations: dynamic needs qat.bits 8 (W8A8)", "set qat.bits=8 or qat.activations=none");
+    qat_layers = models::select_linear_layers(lm.model, cfg.get_list("qat.include"), cfg.get_list("qat.exclude"));
+    if (qat_layers.empty())
+      fail_usage_hint("qat.include / qat.exclude select no linear layer", "include e.g. [\"*\"]");
+    for (auto& [name, lin] : qat_layers) lin->set_fake_quant(qat);
+    log::info("qat: {} fake-quantized linear layers ({}, activations {})", qat_layers.size(),
+              quant::describe(qat->scheme), quant::act_mode_name(qat->act));
+  }
+
+  // QAT's end: each fake-quantized layer becomes the quantized layer it has been simulating.
+  void convert_qat() {
+    std::vector<std::string> names;
+    for (auto& [name, lin] : qat_layers) {
+      auto q = std::make_shared<quant::QLinear>();
+      q->weight = quant::quantize_rtn(lin->weight, qat->scheme);
+      q->act = qat->act;
+      lin->set_fake_quant(nullptr);
+      lin->set_quantized(std::move(q));
+      names.push_back(name);
+    }
+    models::QuantConfig qc;
+    qc.scheme = qat->scheme;
+    qc.method = "qat";
+    qc.act = qat->act;
+    lm.model->set_quantization_config(models::quantization_config_json(qc, names));
   }
 
   // Setup on every rank, then one all-reduce so that a failure on any rank stops all of them

@@ -11,7 +11,6 @@
 // every layer is calibrated on the outputs of the already-quantized layers before it. The
 // output error of a layer is measured on exactly the inputs it was calibrated on, from H.
 #include <ATen/ATen.h>
-#include <fnmatch.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -34,13 +33,6 @@ namespace dsk::stages {
 namespace {
 
 namespace stdfs = std::filesystem;
-
-bool matches(const std::string& name, const std::vector<std::string>& patterns) {
-  const std::string leaf = name.substr(name.rfind('.') == std::string::npos ? 0 : name.rfind('.') + 1);
-  for (const auto& p : patterns)
-    if (fnmatch(p.c_str(), name.c_str(), 0) == 0 || fnmatch(p.c_str(), leaf.c_str(), 0) == 0) return true;
-  return false;
-}
 
 int64_t param_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
@@ -168,9 +160,7 @@ int run_quantize(const config::Config& cfg) {
   const int batch_size = static_cast<int>(cfg.get_int("batch_size"));
   if (batch_size < 1) fail_usage_hint("batch_size must be >= 1", "set batch_size=8");
   const auto include = cfg.get_list("quant.include"), exclude = cfg.get_list("quant.exclude");
-  std::vector<std::pair<std::string, models::LoraLinearImpl*>> selected;
-  for (auto& [name, lin] : models::linear_layers(lm.model))
-    if (matches(name, include) && !matches(name, exclude)) selected.emplace_back(name, lin);
+  auto selected = models::select_linear_layers(lm.model, include, exclude);
   if (selected.empty())
     fail_usage_hint("quant.include / quant.exclude select no linear layer",
                     "include e.g. [\"*\"] (every linear layer; embeddings are never quantized)");

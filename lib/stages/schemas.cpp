@@ -162,6 +162,14 @@ Schema make_finetune_schema() {
         "1: shard the optimizer state over the ranks (ZeRO stage 1); checkpoints stay world-size independent");
   s.add("activation_checkpointing", Type::Bool, "false",
         "recompute each decoder block in the backward pass instead of keeping its activations");
+  s.add("qat.enabled", Type::Bool, "false",
+        "quantization-aware training (method full): fake-quantize the selected layers, save model/ quantized");
+  s.add("qat.bits", Type::Int, "4", "QAT weight bits: 8, 4, 3 or 2");
+  s.add("qat.group_size", Type::Int, "32", "QAT scales: > 0 group-wise, 0 per-channel, -1 per-tensor");
+  s.add("qat.symmetric", Type::Bool, "true", "QAT: symmetric or asymmetric ranges");
+  s.add_enum("qat.activations", {"none", "dynamic"}, "none", "QAT: int8 per-token activations too (needs bits 8)");
+  s.add("qat.include", Type::StringList, "[\"*\"]", "QAT: linear layers to fake-quantize (names or globs)");
+  s.add("qat.exclude", Type::StringList, "[lm_head]", "QAT: linear layers kept in full precision");
   return s;
 }
 
