@@ -141,6 +141,7 @@ struct Trainer {
   // qat.enabled: the fake-quantized layers and their scheme (converted to a quantized model/)
   std::vector<std::pair<std::string, models::LoraLinearImpl*>> qat_layers;
   std::shared_ptr<quant::FakeQuant> qat;
+  models::Llama teacher{nullptr};  // qat.distill: the frozen full-precision model
   NamedTensors trainable;
   std::vector<at::Tensor> trainable_list;
   std::unique_ptr<train::Optimizer> opt;
@@ -182,6 +183,9 @@ struct Trainer {
     // Everything that can be wrong with the inputs is found before output_dir is touched.
     tok = load_tokenizer_for(cfg);
     lm = load_model_for(cfg, rt);
+    // QAT ends in a quantized Hugging Face directory, whose q/k rows must be in the Half layout:
+    // permute them now (the same function; per-row quantization commutes with the permutation).
+    if (cfg.get_bool("qat.enabled")) models::convert_to_half_rope(lm);
     const int64_t seq_len = cfg.get_int("data.seq_len");
     if (seq_len < 1 || seq_len > lm.config.max_position_embeddings)
       fail_usage_hint(fmt::format("data.seq_len {} is outside 1..{} (the model's max_position_embeddings)", seq_len,
@@ -456,6 +460,14 @@ struct Trainer {
     if (qat_layers.empty())
       fail_usage_hint("qat.include / qat.exclude select no linear layer", "include e.g. [\"*\"]");
     for (auto& [name, lin] : qat_layers) lin->set_fake_quant(qat);
+    if (cfg.get_bool("qat.distill")) {
+      // LLM-QAT's recipe: the loss is KL(full precision || fake-quantized) on the data, which
+      // teaches the quantized model the original's whole distribution rather than the data's
+      // next tokens (and works on text the model generated itself).
+      teacher = load_model_for(cfg, rt).model;
+      teacher->eval();
+      for (auto& p : teacher->parameters()) p.set_requires_grad(false);
+    }
     log::info("qat: {} fake-quantized linear layers ({}, activations {})", qat_layers.size(),
               quant::describe(qat->scheme), quant::act_mode_name(qat->act));
   }
@@ -592,7 +604,16 @@ struct Trainer {
         {
           train::AutocastGuard autocast(rt.device, amp_dtype);
           at::Tensor hidden = lm.model->hidden_states(t.inputs);  // [B, T, C]
-          loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
+          if (teacher) {  // QAT with distillation: match the full-precision model's distributions
+            at::Tensor teacher_logits;
+            {
+              at::NoGradGuard no_grad;
+              teacher_logits = teacher->forward(t.inputs);
+            }
+            loss = train::distill_loss(lm.model->logits(hidden), teacher_logits, t.targets);
+          } else {
+            loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
+          }
         }
         double weight = static_cast<double>(loss.count) / global_tokens;
         (loss.loss * (weight * scaler.scale())).backward();

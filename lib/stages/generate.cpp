@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "core/error.h"
 #include "core/log.h"
 #include "models/generate.h"
 #include "stages/common.h"
@@ -32,18 +33,27 @@ int run_generate(const config::Config& cfg) {
   opt.top_p = cfg.get_float("generate.top_p");
   opt.seed = static_cast<uint64_t>(cfg.get_int("seed"));
 
-  int32_t prev = ids.empty() ? -1 : ids.back();
+  // generate.num_samples > 1: independent samples (seeds seed, seed + 1, ...), each followed by
+  // a blank line — how one builds a text set from the model itself (data-free QAT/distillation).
+  const int64_t samples = cfg.get_int("generate.num_samples");
+  if (samples < 1) fail_usage_hint("generate.num_samples must be >= 1", "set generate.num_samples=1");
+  int64_t total = 0;
   double t0 = now_s();
-  auto out = models::generate(lm.model, ids, opt, tok->eos_id(), [&](int32_t id) {
-    std::string piece = tok->decode_piece(prev, id);
-    std::fwrite(piece.data(), 1, piece.size(), stdout);
+  for (int64_t n = 0; n < samples; ++n) {
+    opt.seed = static_cast<uint64_t>(cfg.get_int("seed") + n);
+    int32_t prev = ids.empty() ? -1 : ids.back();
+    auto out = models::generate(lm.model, ids, opt, tok->eos_id(), [&](int32_t id) {
+      std::string piece = tok->decode_piece(prev, id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      prev = id;
+    });
+    std::fputs(samples > 1 ? "\n\n" : "\n", stdout);
     std::fflush(stdout);
-    prev = id;
-  });
-  std::fputc('\n', stdout);
-  std::fflush(stdout);
+    total += static_cast<int64_t>(out.size());
+  }
   double dt = now_s() - t0;
-  log::info("generated {} tokens in {:.2f}s ({:.1f} tok/s)", out.size(), dt, dt > 0 ? out.size() / dt : 0.0);
+  log::info("generated {} tokens in {:.2f}s ({:.1f} tok/s)", total, dt, dt > 0 ? total / dt : 0.0);
   return 0;
 }
 

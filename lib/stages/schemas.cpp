@@ -84,6 +84,8 @@ void add_generate_keys(Schema& s) {
   s.add("generate.temperature", Type::Float, "0.0", "0 = greedy; otherwise softmax temperature");
   s.add("generate.top_k", Type::Int, "0", "keep the k most likely tokens (0: off)");
   s.add("generate.top_p", Type::Float, "1.0", "nucleus sampling mass (1.0: off)");
+  s.add("generate.num_samples", Type::Int, "1",
+        "independent samples (seeds seed, seed+1, ...), each followed by a blank line");
 }
 
 // optim.name selects an optimizer; each registry key becomes optim.<key> valid only for
@@ -170,6 +172,8 @@ Schema make_finetune_schema() {
   s.add_enum("qat.activations", {"none", "dynamic"}, "none", "QAT: int8 per-token activations too (needs bits 8)");
   s.add("qat.include", Type::StringList, "[\"*\"]", "QAT: linear layers to fake-quantize (names or globs)");
   s.add("qat.exclude", Type::StringList, "[lm_head]", "QAT: linear layers kept in full precision");
+  s.add("qat.distill", Type::Bool, "true",
+        "QAT loss: KL from the full-precision model (true, LLM-QAT) or cross-entropy on the data (false)");
   return s;
 }
 

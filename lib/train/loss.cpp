@@ -126,4 +126,35 @@ LossResult chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& wei
   return r;
 }
 
+Divergence divergence_from(const std::string& name) {
+  if (name == "forward_kl") return Divergence::ForwardKL;
+  if (name == "reverse_kl") return Divergence::ReverseKL;
+  if (name == "js") return Divergence::JensenShannon;
+  fail_usage_hint(fmt::format("'{}' is not a divergence", name), "use forward_kl, reverse_kl or js");
+}
+
+LossResult distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+                        Divergence kind, double temperature, int64_t ignore_index) {
+  DSK_CHECK(student_logits.sizes() == teacher_logits.sizes(), "distill_loss: student logits {} vs teacher {}",
+            fmt::join(student_logits.sizes(), "x"), fmt::join(teacher_logits.sizes(), "x"));
+  DSK_CHECK(temperature > 0, "distill_loss: temperature must be > 0");
+  const int64_t V = student_logits.size(-1);
+  at::Tensor mask = targets.reshape({-1}).ne(ignore_index);  // [N]
+  const int64_t count = mask.sum().item<int64_t>();
+  at::Tensor ls = at::log_softmax(student_logits.reshape({-1, V}).to(at::kFloat) / temperature, -1);
+  at::Tensor lt = at::log_softmax(teacher_logits.detach().reshape({-1, V}).to(at::kFloat) / temperature, -1);
+  at::Tensor per_token;  // [N]
+  switch (kind) {
+    case Divergence::ForwardKL: per_token = (lt.exp() * (lt - ls)).sum(-1); break;
+    case Divergence::ReverseKL: per_token = (ls.exp() * (ls - lt)).sum(-1); break;
+    case Divergence::JensenShannon: {
+      at::Tensor lm = at::logsumexp(at::stack({ls, lt}), 0) - std::log(2.0);  // log((p_s + p_t) / 2)
+      per_token = 0.5 * ((lt.exp() * (lt - lm)).sum(-1) + (ls.exp() * (ls - lm)).sum(-1));
+      break;
+    }
+  }
+  at::Tensor loss = (per_token * mask.to(at::kFloat)).sum() * (temperature * temperature / std::max<int64_t>(count, 1));
+  return {loss, count};
+}
+
 }  // namespace dsk::train

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 
 namespace dsk::train {
 
@@ -29,5 +30,18 @@ LossResult cross_entropy(const at::Tensor& logits, const at::Tensor& targets,
 // hidden [..., H], weight [V, H] (lm_head), targets [...] int64.
 LossResult chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
                                  int64_t chunk_rows = 0, int64_t ignore_index = kIgnoreIndex);
+
+// Knowledge distillation on logits: the divergence between the teacher's and the student's
+// next-token distributions at temperature T, averaged over the scored tokens (targets !=
+// ignore_index) and multiplied by T^2 (Hinton et al.: keeps gradient magnitudes comparable
+// across temperatures). Forward KL(teacher || student) is the usual choice; reverse KL(student
+// || teacher) is mode-seeking; Jensen-Shannon is symmetric and bounded.
+enum class Divergence { ForwardKL, ReverseKL, JensenShannon };
+Divergence divergence_from(const std::string& name);  // "forward_kl" | "reverse_kl" | "js"
+
+// student_logits, teacher_logits [..., V] (the teacher's without gradient), targets [...].
+LossResult distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+                        Divergence kind = Divergence::ForwardKL, double temperature = 1.0,
+                        int64_t ignore_index = kIgnoreIndex);
 
 }  // namespace dsk::train

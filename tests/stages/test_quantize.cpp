@@ -204,3 +204,44 @@ TEST_CASE("quantize: bad input is one clear line and exit 2, nothing written", "
   CHECK(bad.exit_code == 1);
   CHECK_THAT(bad.err, Contains("model.layers.1.self_attn.q_proj") && Contains("qweight"));
 }
+
+TEST_CASE("QAT: INT4 g32 fine-tune on self-generated text recovers at least half of RTN's NLL increase",
+          "[stages][quantize][qat]") {
+  fs::path dir = dsk::test::scratch_dir("quant-qat");
+  // data-free: text sampled from the full-precision model itself
+  const fs::path samples = dir / "samples.txt";
+  auto gen = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() +
+                                        " generate configs/stories260k/generate.yaml generate.temperature=1.0 "
+                                        "generate.num_samples=32 generate.max_new_tokens=192 seed=1 threads=2 > " +
+                                        samples.string()));
+  INFO(gen.err);
+  REQUIRE(gen.exit_code == 0);
+  REQUIRE(fs::file_size(samples) > 10000);  // 32 x 192 tokens
+
+  Run rtn = quantize(dir / "rtn", "quant.method=rtn quant.act_order=false quant.sensitivity_only=true");
+  REQUIRE(rtn.r.exit_code == 0);
+  const double fp32 = rtn.report["end_to_end"]["nll_original"].get<double>();
+  const double d_rtn = delta_nll(rtn);
+
+  auto qat = run_cmd(dsk::test::in_repo("DSK_QAT_DATA=" + samples.string() + " DSK_RUN_DIR=" + (dir / "qat").string() +
+                                        " " + dsk::test::dsk_bin() + " finetune configs/stories260k/qat-int4.yaml threads=2"));
+  INFO(qat.err);
+  REQUIRE(qat.exit_code == 0);
+  const fs::path model = dir / "qat" / "model";
+  json cfg = json::parse(slurp(model / "config.json"));
+  CHECK(cfg["quantization_config"]["dsk"]["method"] == "qat");
+  CHECK(cfg["quantization_config"]["bits"] == 4);
+  auto eval = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " eval configs/stories260k/eval-tinystories.yaml model.path=" +
+                                         model.string() + " data.seq_len=128 threads=2"));
+  INFO(eval.err);
+  REQUIRE(eval.exit_code == 0);
+  const double nll_qat = json::parse(eval.out)["nll"].get<double>();
+  // the converted model computes what QAT's fake-quantized forward computed
+  json summary = json::parse(qat.out.substr(qat.out.rfind('{')));
+  CHECK(std::abs(summary["eval_nll"].get<double>() - nll_qat) < 1e-5);
+  const double d_qat = nll_qat - fp32;
+  WARN("INT4 g32: fp32 NLL " << fp32 << ", delta NLL RTN " << d_rtn << ", after QAT " << d_qat << " ("
+                             << 100 * (1 - d_qat / d_rtn) << "% of RTN's increase recovered)");
+  REQUIRE(d_rtn > 0);
+  CHECK(d_qat <= 0.5 * d_rtn);
+}
