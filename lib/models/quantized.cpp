@@ -142,15 +142,14 @@ void load_quantized_layers(Llama& model, const QuantConfig& qc, std::map<std::st
     t.scales = take(".scales", true);
     t.g_idx = take(".g_idx", false);
     at::Tensor input_scale = take(".input_scale", qc.act == quant::ActMode::Static);
-    auto q = std::make_shared<quant::QLinear>();
+    const float step = input_scale.defined() ? input_scale.to(at::kFloat).reshape({-1})[0].item<float>() : 0.0f;
     try {
-      q->weight = quant::unpack_gptq(t, qc.scheme.bits, lin->in_features(), lin->out_features(), qc.scheme.group_size);
+      lin->set_quantized(quant::make_qlinear(
+          quant::unpack_gptq(t, qc.scheme.bits, lin->in_features(), lin->out_features(), qc.scheme.group_size), qc.act,
+          step));
     } catch (const Error& e) {
       throw e.context("quantized layer " + name);
     }
-    q->act = qc.act;
-    if (input_scale.defined()) q->input_scale = input_scale.to(at::kFloat).reshape({-1})[0].item<float>();
-    lin->set_quantized(std::move(q));
   }
 }
 

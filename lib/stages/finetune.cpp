@@ -476,11 +476,8 @@ struct Trainer {
   void convert_qat() {
     std::vector<std::string> names;
     for (auto& [name, lin] : qat_layers) {
-      auto q = std::make_shared<quant::QLinear>();
-      q->weight = quant::quantize_rtn(lin->weight, qat->scheme);
-      q->act = qat->act;
       lin->set_fake_quant(nullptr);
-      lin->set_quantized(std::move(q));
+      lin->set_quantized(quant::make_qlinear(quant::quantize_rtn(lin->weight, qat->scheme), qat->act));
       names.push_back(name);
     }
     models::QuantConfig qc;

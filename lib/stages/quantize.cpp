@@ -232,15 +232,13 @@ int run_quantize(const config::Config& cfg) {
       r.output_error = quant::output_error(W, qw, obs[i].H);
       r.bytes_before = param_bytes(W);
       r.bytes_after = quant::stored_bytes(qw);
-      auto q = std::make_shared<quant::QLinear>();
-      q->weight = std::move(qw);
-      q->act = qc.act;
+      float input_scale = 0.0f;
       if (qc.act == quant::ActMode::Static) {
         // one float16-exact step per layer, as the weight scales
-        q->input_scale = at::tensor({std::max(obs[i].amax, 1e-12) / 127.0}).to(at::kHalf).to(at::kFloat).item<float>();
+        input_scale = at::tensor({std::max(obs[i].amax, 1e-12) / 127.0}).to(at::kHalf).to(at::kFloat).item<float>();
         r.bytes_after += 4;
       }
-      lin->set_quantized(std::move(q));
+      lin->set_quantized(quant::make_qlinear(std::move(qw), qc.act, input_scale));
       r.seconds = now_s() - t0;
       reports.push_back(r);
     }

@@ -507,3 +507,30 @@ TEST_CASE("quantize: qlinear forward and activation fake-quantization", "[quanti
     REQUIRE_THAT(e.message(), Contains("quant.activations"));
   }
 }
+
+TEST_CASE("quantize: make_qlinear's kernel paths (act-order permutation, decode and prefill) match dequantize",
+          "[quantize][qlinear]") {
+  at::manual_seed(11);
+  const int64_t N = 48, K = 172;
+  at::Tensor W = at::randn({N, K});
+  at::Tensor X = at::randn({512, K}) * at::rand({K}).mul_(3);
+  at::Tensor H = X.t().mm(X).to(at::kDouble);
+  for (bool act_order : {false, true})
+    for (int64_t gs : {int64_t{32}, int64_t{0}}) {
+      INFO("act_order " << act_order << " group " << gs);
+      q::GptqOptions o;
+      o.act_order = act_order;
+      QWeight qw = q::quantize_gptq(W, H, Scheme{4, gs, true}, o);
+      at::Tensor deq = dequantize(qw);
+      auto l = q::make_qlinear(qw);
+      REQUIRE(l->kernel.codes.defined());  // the kernels can run it
+      CHECK(l->perm.defined() == (act_order && gs > 0));
+      at::Tensor bias = at::randn({N});
+      for (int64_t rows : {1, 4, 64}) {  // decode (codes) and prefill (dequantized) paths
+        at::Tensor x = at::randn({2, rows, K});
+        at::Tensor y = q::qlinear_forward(x, *l, bias);
+        REQUIRE(y.sizes() == at::IntArrayRef({2, rows, N}));
+        CHECK((y - at::linear(x, deq, bias)).abs().max().item<float>() < 1e-4);
+      }
+    }
+}
