@@ -333,6 +333,12 @@ int run_quantize(const config::Config& cfg) {
   // ---- model
   std::string model_dir;
   if (!sensitivity_only) {
+    int64_t wraps = 0;
+    for (auto& [name, lin] : selected) wraps += quant::pack_gptq(lin->quantized()->weight).zero_wraps;
+    if (wraps > 0)
+      log::warn("{} zero points are 0: GPTQ's v1 layout stores them as 2^bits - 1, which dsk reads back exactly but "
+                "AutoGPTQ-style loaders read as 2^bits; use quant.symmetric=true for checkpoints other tools load",
+                wraps);
     std::vector<std::string> names;
     for (auto& r : reports) names.push_back(r.name);
     lm.model->set_quantization_config(models::quantization_config_json(qc, names));

@@ -442,7 +442,7 @@ TEST_CASE("quantize: qlinear forward and activation fake-quantization", "[quanti
   at::Tensor x = at::randn({3, 5, K}) * at::linspace(0.1, 4.0, 5).reshape({1, 5, 1});
 
   SECTION("weight-only") {
-    q::QLinear l{w, q::ActMode::None, 0.0f};
+    q::QLinear l{w, q::ActMode::None, 0.0f, {}, {}};
     at::Tensor y = q::qlinear_forward(x, l, bias);
     REQUIRE(y.sizes() == at::IntArrayRef({3, 5, N}));
     REQUIRE(at::equal(y, at::linear(x, deq, bias)));
@@ -451,7 +451,7 @@ TEST_CASE("quantize: qlinear forward and activation fake-quantization", "[quanti
     REQUIRE(q::qlinear_forward(xb, l, bias.to(at::kBFloat16)).scalar_type() == at::kBFloat16);
   }
   SECTION("dynamic: per-row int8 levels") {
-    q::QLinear l{w, q::ActMode::Dynamic, 0.0f};
+    q::QLinear l{w, q::ActMode::Dynamic, 0.0f, {}, {}};
     at::Tensor fq = q::fake_quant_act_dynamic(x);
     REQUIRE(fq.sizes() == x.sizes());
     REQUIRE(at::equal(q::qlinear_forward(x, l, bias), at::linear(fq, deq, bias)));
@@ -486,7 +486,7 @@ TEST_CASE("quantize: qlinear forward and activation fake-quantization", "[quanti
   }
   SECTION("static: one step, clamped beyond 127 steps") {
     const float s = 0.01f;  // 127 * s = 1.27, well inside x's range
-    q::QLinear l{w, q::ActMode::Static, s};
+    q::QLinear l{w, q::ActMode::Static, s, {}, {}};
     at::Tensor fq = q::fake_quant_act_static(x, s);
     REQUIRE(at::equal(q::qlinear_forward(x, l, bias), at::linear(fq, deq, bias)));
     at::Tensor big = x.abs() > 127 * s;
