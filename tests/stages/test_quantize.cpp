@@ -244,4 +244,21 @@ TEST_CASE("QAT: INT4 g32 fine-tune on self-generated text recovers at least half
                              << 100 * (1 - d_qat / d_rtn) << "% of RTN's increase recovered)");
   REQUIRE(d_rtn > 0);
   CHECK(d_qat <= 0.5 * d_rtn);
+
+  // QAT trains the weights it quantizes: with LoRA it is a usage error, before any output
+  auto bad = run_cmd(dsk::test::in_repo("DSK_QAT_DATA=" + samples.string() + " DSK_RUN_DIR=" + (dir / "bad").string() +
+                                        " " + dsk::test::dsk_bin() + " finetune configs/stories260k/qat-int4.yaml method=lora"));
+  CHECK(bad.exit_code == 2);
+  CHECK_THAT(bad.err, Contains("qat.enabled needs method: full"));
+  CHECK_FALSE(fs::exists(dir / "bad" / "model"));
+}
+
+TEST_CASE("quantize: without data.eval the report has no end-to-end numbers and says why", "[stages][quantize]") {
+  fs::path dir = dsk::test::scratch_dir("quant-noeval");
+  Run run = quantize(dir / "q", "'~data.eval' quant.method=rtn quant.act_order=false quant.sensitivity_only=true");
+  INFO(run.r.err);
+  REQUIRE(run.r.exit_code == 0);
+  CHECK(run.report["end_to_end"].is_null());
+  CHECK(run.report["layers"].size() == 35);
+  CHECK_THAT(run.r.err, Contains("no data.eval.path"));
 }
