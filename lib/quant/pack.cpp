@@ -102,7 +102,8 @@ void check_scales(const at::Tensor& scales, const char* layout, bool per_tensor)
   }
 }
 
-// The checked CPU contiguous tensors of a QWeight.
+}  // namespace
+
 QWeight validated(const QWeight& w) {
   const char* L = "QWeight";
   check_bits(L, w.bits);
@@ -130,6 +131,8 @@ QWeight validated(const QWeight& w) {
   check_scales(c.scales, L, w.group_size == -1);
   return c;
 }
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // The bit stream (see pack.h): element e at stream bits [e * bits, (e + 1) * bits), stream bit s

@@ -60,7 +60,11 @@ struct QWeight {
   int64_t groups() const { return scales.size(1); }
 };
 
-// float32 [N, K] on the CPU. Validates w first (the checks of pack_gptq).
+// The checks of pack_gptq (bits, dtypes, shapes, codes, zero points and g_idx in range, finite
+// scales): w's tensors as CPU contiguous ones, or dsk::fail naming the tensor.
+QWeight validated(const QWeight& w);
+
+// float32 [N, K] on the CPU. Validates w first.
 at::Tensor dequantize(const QWeight& w);
 
 struct GptqTensors {

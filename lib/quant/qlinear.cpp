@@ -36,9 +36,9 @@ at::Tensor fake_quant_act_static(const at::Tensor& x, float step) {
   return (xf / step).round().clamp(-127, 127).mul(step).to(x.scalar_type());
 }
 
-std::shared_ptr<QLinear> make_qlinear(QWeight w, ActMode act, float input_scale) {
+std::shared_ptr<QLinear> make_qlinear(QWeight raw, ActMode act, float input_scale) {
   at::NoGradGuard no_grad;
-  dequantize(w);  // validates codes, scales, zero points and g_idx (once, at load)
+  QWeight w = validated(raw);  // once, at load: the forward trusts these tensors
   auto q = std::make_shared<QLinear>();
   const int64_t K = w.in_features();
   const int64_t gs = w.group_size > 0 ? w.group_size : 0;

@@ -334,7 +334,7 @@ int run_quantize(const config::Config& cfg) {
   std::string model_dir;
   if (!sensitivity_only) {
     int64_t wraps = 0;
-    for (auto& [name, lin] : selected) wraps += quant::pack_gptq(lin->quantized()->weight).zero_wraps;
+    for (auto& [name, lin] : selected) wraps += lin->quantized()->weight.zeros.eq(0).sum().item<int64_t>();
     if (wraps > 0)
       log::warn("{} zero points are 0: GPTQ's v1 layout stores them as 2^bits - 1, which dsk reads back exactly but "
                 "AutoGPTQ-style loaders read as 2^bits; use quant.symmetric=true for checkpoints other tools load",

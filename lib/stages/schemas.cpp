@@ -128,6 +128,18 @@ void add_registry_keys(Schema& s, const std::string& section, const std::vector<
   }
 }
 
+// The weight scheme and layer selection shared by quant.* (dsk quantize) and qat.* (finetune).
+void add_scheme_keys(Schema& s, const std::string& p) {
+  s.add(p + ".bits", Type::Int, "4", "weight bits: 8, 4, 3 or 2");
+  s.add(p + ".group_size", Type::Int, "32",
+        "> 0: group-wise scales over this many input columns (the last group may be shorter); 0: per-channel; -1: "
+        "per-tensor");
+  s.add(p + ".symmetric", Type::Bool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric (min/max) ranges");
+  s.add(p + ".include", Type::StringList, "[\"*\"]",
+        "linear layers to quantize: names (q_proj) or globs on the full name (model.layers.*.mlp.*)");
+  s.add(p + ".exclude", Type::StringList, "[lm_head]", "linear layers kept in full precision (embeddings always are)");
+}
+
 Schema make_finetune_schema() {
   Schema s("finetune", "Fine-tune a model, fully or with LoRA, on text/JSONL/token data.");
   add_model_keys(s);
@@ -166,12 +178,8 @@ Schema make_finetune_schema() {
         "recompute each decoder block in the backward pass instead of keeping its activations");
   s.add("qat.enabled", Type::Bool, "false",
         "quantization-aware training (method full): fake-quantize the selected layers, save model/ quantized");
-  s.add("qat.bits", Type::Int, "4", "QAT weight bits: 8, 4, 3 or 2");
-  s.add("qat.group_size", Type::Int, "32", "QAT scales: > 0 group-wise, 0 per-channel, -1 per-tensor");
-  s.add("qat.symmetric", Type::Bool, "true", "QAT: symmetric or asymmetric ranges");
+  add_scheme_keys(s, "qat");
   s.add_enum("qat.activations", {"none", "dynamic"}, "none", "QAT: int8 per-token activations too (needs bits 8)");
-  s.add("qat.include", Type::StringList, "[\"*\"]", "QAT: linear layers to fake-quantize (names or globs)");
-  s.add("qat.exclude", Type::StringList, "[lm_head]", "QAT: linear layers kept in full precision");
   s.add("qat.distill", Type::Bool, "true",
         "QAT loss: KL from the full-precision model (true, LLM-QAT) or cross-entropy on the data (false)");
   return s;
@@ -205,11 +213,7 @@ Schema make_quantize_schema() {
   s.add_required("output_dir", Type::Path, "quant_report.json, config.yaml and model/ go here");
   s.add("batch_size", Type::Int, "8", "windows per forward pass (calibration and evaluation)");
   s.add("eval.max_batches", Type::Int, "0", "eval batches for the end-to-end NLL/KL (0: the whole eval set)");
-  s.add("quant.bits", Type::Int, "4", "weight bits: 8, 4, 3 or 2");
-  s.add("quant.group_size", Type::Int, "32",
-        "> 0: group-wise scales over this many input columns (the last group may be shorter); 0: per-channel; -1: "
-        "per-tensor");
-  s.add("quant.symmetric", Type::Bool, "true", "symmetric (zero point 2^(bits-1)) or asymmetric (min/max) ranges");
+  add_scheme_keys(s, "quant");
   s.add_enum("quant.method", {"gptq", "rtn"}, "gptq", "rtn: round to nearest; gptq: error-compensating (calibration)");
   s.add_enum("quant.activations", {"none", "dynamic", "static"}, "none",
              "int8 activations (W8A8, needs bits 8): dynamic per token, or static per-layer scales from calibration");
@@ -217,9 +221,6 @@ Schema make_quantize_schema() {
   s.add("quant.damp", Type::Float, "0.01", "GPTQ dampening added to the Hessian diagonal, relative to its mean");
   s.add("quant.act_order", Type::Bool, "false", "GPTQ: quantize columns by decreasing activation energy (desc_act)");
   s.add("quant.block_size", Type::Int, "128", "GPTQ: columns per lazy-update block");
-  s.add("quant.include", Type::StringList, "[\"*\"]",
-        "linear layers to quantize: names (q_proj) or globs on the full name (model.layers.*.mlp.*)");
-  s.add("quant.exclude", Type::StringList, "[lm_head]", "linear layers kept in full precision (embeddings always are)");
   s.add("quant.sensitivity_only", Type::Bool, "false", "write the report only, no model/");
   return s;
 }

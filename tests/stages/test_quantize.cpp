@@ -35,6 +35,16 @@ Run quantize(const fs::path& out, const std::string& overrides) {
 
 double delta_nll(const Run& run) { return run.report.at("end_to_end").at("delta_nll").get<double>(); }
 
+// dsk eval of a model directory on the TinyStories validation sample at the quantize config's
+// seq_len (128): the NLL, or a failed REQUIRE with dsk's stderr.
+double eval_nll(const fs::path& model) {
+  auto eval = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " eval configs/stories260k/eval-tinystories.yaml model.path=" +
+                                         model.string() + " data.seq_len=128 threads=2"));
+  INFO(eval.err);
+  REQUIRE(eval.exit_code == 0);
+  return json::parse(eval.out)["nll"].get<double>();
+}
+
 }  // namespace
 
 TEST_CASE("quantize: INT8 per-channel and W8A8 dynamic stay within 0.01 / 0.03 nats of fp32", "[stages][quantize]") {
@@ -128,11 +138,7 @@ TEST_CASE("quantize: the saved model reloads with the same NLL, generates, and t
   CHECK_FALSE(t.count("model.layers.0.mlp.down_proj.weight"));
   CHECK(t.count("model.embed_tokens.weight"));  // embeddings (and the tied head) stay fp32
 
-  auto eval = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " eval configs/stories260k/eval-tinystories.yaml model.path=" +
-                                         model.string() + " data.seq_len=128 threads=2"));
-  INFO(eval.err);
-  REQUIRE(eval.exit_code == 0);
-  const double reloaded = json::parse(eval.out)["nll"].get<double>();
+  const double reloaded = eval_nll(model);
   const double in_memory = q.report["end_to_end"]["nll_quantized"].get<double>();
   WARN("round trip: in-memory quantized NLL " << in_memory << ", reloaded " << reloaded);
   CHECK(std::abs(reloaded - in_memory) < 1e-6);
@@ -231,11 +237,7 @@ TEST_CASE("QAT: INT4 g32 fine-tune on self-generated text recovers at least half
   json cfg = json::parse(slurp(model / "config.json"));
   CHECK(cfg["quantization_config"]["dsk"]["method"] == "qat");
   CHECK(cfg["quantization_config"]["bits"] == 4);
-  auto eval = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " eval configs/stories260k/eval-tinystories.yaml model.path=" +
-                                         model.string() + " data.seq_len=128 threads=2"));
-  INFO(eval.err);
-  REQUIRE(eval.exit_code == 0);
-  const double nll_qat = json::parse(eval.out)["nll"].get<double>();
+  const double nll_qat = eval_nll(model);
   // the converted model computes what QAT's fake-quantized forward computed
   json summary = json::parse(qat.out.substr(qat.out.rfind('{')));
   CHECK(std::abs(summary["eval_nll"].get<double>() - nll_qat) < 1e-5);

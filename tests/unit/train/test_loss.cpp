@@ -133,3 +133,39 @@ TEST_CASE("cross-entropy rejects bad targets", "[loss]") {
              Contains("hidden size 5 does not match"));
   CHECK_THAT(message([&] { cross_entropy(logits, at::zeros({3}, at::kLong)); }), Contains("3 targets for 4 rows"));
 }
+
+TEST_CASE("distill_loss: KL, reverse KL and JS against float64 formulas, masking and the T^2 scale", "[loss][distill]") {
+  at::manual_seed(5);
+  at::Tensor s = at::randn({2, 3, 7}, at::kDouble), t = at::randn({2, 3, 7}, at::kDouble);
+  at::Tensor targets = at::tensor({1, 2, -100, 0, -100, 6}, at::kLong).view({2, 3});
+  at::Tensor keep = targets.reshape({-1}).ne(-100);
+  for (double T : {1.0, 2.0}) {
+    INFO("temperature " << T);
+    at::Tensor ps = at::softmax(s.reshape({-1, 7}) / T, -1), pt = at::softmax(t.reshape({-1, 7}) / T, -1);
+    at::Tensor m = (ps + pt) / 2;
+    auto mean_kept = [&](const at::Tensor& per) { return per.masked_select(keep).mean().item<double>() * T * T; };
+    const double fwd = mean_kept((pt * (pt.log() - ps.log())).sum(-1));
+    const double rev = mean_kept((ps * (ps.log() - pt.log())).sum(-1));
+    const double js = mean_kept(0.5 * ((pt * (pt.log() - m.log())).sum(-1) + (ps * (ps.log() - m.log())).sum(-1)));
+    using dsk::train::Divergence;
+    auto got = [&](Divergence d) { return dsk::train::distill_loss(s.to(at::kFloat), t.to(at::kFloat), targets, d, T); };
+    CHECK(got(Divergence::ForwardKL).count == 4);
+    CHECK(got(Divergence::ForwardKL).loss.item<double>() == Approx(fwd).epsilon(1e-5));
+    CHECK(got(Divergence::ReverseKL).loss.item<double>() == Approx(rev).epsilon(1e-5));
+    CHECK(got(Divergence::JensenShannon).loss.item<double>() == Approx(js).epsilon(1e-5));
+    CHECK(fwd != Approx(rev).epsilon(1e-3));  // the two directions differ on these logits
+  }
+  // identical distributions: zero loss; the gradient reaches the student only
+  at::Tensor st = s.to(at::kFloat).requires_grad_(true);
+  at::Tensor te = s.to(at::kFloat).requires_grad_(true);
+  auto r = dsk::train::distill_loss(st, te, targets);
+  CHECK(std::abs(r.loss.item<double>()) < 1e-6);
+  r.loss.backward();
+  CHECK(st.grad().defined());
+  CHECK_FALSE(te.grad().defined());
+  CHECK(dsk::train::divergence_from("js") == dsk::train::Divergence::JensenShannon);
+  auto e = dsk::test::error_of([] { dsk::train::divergence_from("kl2"); });
+  CHECK(e.message().find("'kl2'") != std::string::npos);
+  CHECK(e.hint().find("forward_kl") != std::string::npos);
+  CHECK(e.exit_code() == 2);
+}
