@@ -268,6 +268,11 @@ models::LlamaConfig read_hf_config(const std::string& dir) {
       fail_usage_hint(fmt::format("{}: quantization_config is not a JSON object", file), "fix the model's config.json");
     c.quantization_config = j["quantization_config"].dump();
   }
+  if (j.contains("dsk_sparsity") && !j["dsk_sparsity"].is_null()) {
+    if (!j["dsk_sparsity"].is_object())
+      fail_usage_hint(fmt::format("{}: dsk_sparsity is not a JSON object", file), "fix the model's config.json");
+    c.sparsity_config = j["dsk_sparsity"].dump();
+  }
 
   if (c.hidden_size % c.num_attention_heads != 0) {
     fail_usage_hint(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", file, c.hidden_size,
@@ -330,6 +335,7 @@ nlohmann::json hf_config_json(const models::LlamaConfig& c) {
                          {"original_max_position_embeddings", c.rope_original_max_position_embeddings}};
   }
   if (!c.quantization_config.empty()) j["quantization_config"] = nlohmann::json::parse(c.quantization_config);
+  if (!c.sparsity_config.empty()) j["dsk_sparsity"] = nlohmann::json::parse(c.sparsity_config);
   if (c.model_type == "qwen2") {
     j["use_sliding_window"] = false;
     j["sliding_window"] = nullptr;

@@ -159,6 +159,8 @@ class LlamaImpl : public torch::nn::Module {
   const LlamaConfig& config() const { return config_; }
   // config.json's quantization_config (models/quantized.h), set when layers are quantized.
   void set_quantization_config(std::string json) { config_.quantization_config = std::move(json); }
+  // config.json's dsk_sparsity (dsk prune), set when layers were pruned to a recorded sparsity.
+  void set_sparsity_config(std::string json) { config_.sparsity_config = std::move(json); }
   at::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
   c10::Device device() const { return model->embed_tokens->weight.device(); }
 

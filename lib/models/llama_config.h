@@ -38,6 +38,9 @@ struct LlamaConfig {
   // config.json "quantization_config" as JSON text, empty for a full-precision model
   // (models/quantized.h reads and writes it).
   std::string quantization_config;
+  // config.json "dsk_sparsity" as JSON text, empty unless dsk prune made the zeros of some
+  // layers (method, sparsity, pattern, layers); finetune keeps those zeros (docs/pruning.md).
+  std::string sparsity_config;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
 };
