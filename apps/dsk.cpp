@@ -38,6 +38,10 @@ const Command kCommands[] = {
      dsk::stages::run_generate},
     {"quantize", "quantize weights (RTN/GPTQ, int8/int4, W8A8) with a sensitivity report", dsk::stages::quantize_schema,
      dsk::stages::run_quantize},
+    {"prune", "prune weights (magnitude/Wanda/SparseGPT, N:M) or structure (neurons, heads, layers) with a report",
+     dsk::stages::prune_schema, dsk::stages::run_prune},
+    {"distill", "distill a teacher into a student (KL/JS with temperature, hidden-state losses)",
+     dsk::stages::distill_schema, dsk::stages::run_distill},
 };
 
 const Command* find_command(const std::string& name) {

@@ -87,6 +87,8 @@ class Config {
   };
 
   bool has(const std::string& key) const;  // key has a value
+  // The stage's schema declares key (code shared by stages asks before reading optional sections).
+  bool declares(const std::string& key) const { return values_.count(key) > 0; }
   bool is_set(const std::string& key) const;  // the user set it (file or override)
   bool get_bool(const std::string& key) const;
   int64_t get_int(const std::string& key) const;

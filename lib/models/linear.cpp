@@ -25,7 +25,11 @@ at::Tensor LoraLinearImpl::forward(const at::Tensor& x) {
     y = at::linear(x, weight, bias);
   if (lora_A_) {
     at::Tensor xd = lora_dropout_ > 0.0 ? at::dropout(x, lora_dropout_, is_training()) : x;
-    at::Tensor low = at::linear(at::linear(xd, lora_A_->weight), lora_B_->weight);  // [..., out]
+    at::Tensor low;  // [..., out]
+    if (sparsity_mask_.defined())  // the update keeps the pruned weights at zero: x (keep * BA)^T
+      low = at::linear(xd, at::mm(lora_B_->weight, lora_A_->weight).mul(sparsity_mask_));
+    else
+      low = at::linear(at::linear(xd, lora_A_->weight), lora_B_->weight);
     y = y.add_(low, lora_scale_);
   }
   return y;
@@ -84,9 +88,20 @@ void LoraLinearImpl::merge_lora() {
   {
     at::NoGradGuard no_grad;
     at::Tensor delta = at::mm(lora_B_->weight.to(at::kFloat), lora_A_->weight.to(at::kFloat));  // [out, in]
+    if (sparsity_mask_.defined()) delta.mul_(sparsity_mask_);
     weight.add_(delta.mul_(lora_scale_).to(weight.dtype()));
   }
   detach_lora();
+}
+
+void LoraLinearImpl::set_sparsity_mask(at::Tensor keep) {
+  if (keep.defined()) {
+    DSK_CHECK(keep.scalar_type() == at::kBool && keep.dim() == 2 && keep.size(0) == out_features_ &&
+                  keep.size(1) == in_features_,
+              "sparsity mask must be bool [{}, {}]", out_features_, in_features_);
+    keep = keep.to(weight.device());
+  }
+  sparsity_mask_ = std::move(keep);
 }
 
 const at::Tensor& LoraLinearImpl::lora_A() const {

@@ -57,6 +57,13 @@ class LoraLinearImpl : public torch::nn::Module {
   void set_fake_quant(std::shared_ptr<const quant::FakeQuant> fq) { fake_quant_ = std::move(fq); }
   const quant::FakeQuant* fake_quant() const { return fake_quant_.get(); }
 
+  // Pruned weights (dsk prune; docs/pruning.md): keep [out, in] bool, true where the weight may be
+  // nonzero. While set, a LoRA adapter's update is masked too (y += scale * x (keep * BA)^T, and
+  // merge_lora adds keep * BA), so the zeros survive LoRA fine-tuning and merging; full training
+  // keeps them by masking gradients and weights (stages/trainer). Undefined: no mask.
+  void set_sparsity_mask(at::Tensor keep);
+  const at::Tensor& sparsity_mask() const { return sparsity_mask_; }
+
   // Called with every input x before the forward (calibration statistics); empty: none.
   std::function<void(const at::Tensor&)> input_observer;
 
@@ -67,6 +74,7 @@ class LoraLinearImpl : public torch::nn::Module {
   int64_t in_features_ = 0, out_features_ = 0;
   std::shared_ptr<const quant::QLinear> qlinear_;
   std::shared_ptr<const quant::FakeQuant> fake_quant_;
+  at::Tensor sparsity_mask_;  // bool [out, in], or undefined
   std::shared_ptr<WeightImpl> lora_A_, lora_B_;
   double lora_scale_ = 0.0;
   double lora_dropout_ = 0.0;

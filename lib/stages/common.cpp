@@ -62,17 +62,17 @@ Runtime setup_runtime(const config::Config& cfg) {
   return rt;
 }
 
-std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg) {
+std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg, const std::string& model_key) {
   if (cfg.has("tokenizer.path") && !cfg.get_string("tokenizer.path").empty())
     return tok::load_tokenizer(cfg.get_string("tokenizer.path"));
-  const std::string& model = cfg.get_string("model.path");
+  const std::string& model = cfg.get_string(model_key);
   if (std::filesystem::is_directory(model)) return tok::load_tokenizer(model);
-  fail_usage_hint(fmt::format("tokenizer.path is unset and model.path '{}' is not a directory holding one", model),
+  fail_usage_hint(fmt::format("tokenizer.path is unset and {} '{}' is not a directory holding one", model_key, model),
                   "set tokenizer.path to the tokenizer.model / tokenizer.json file");
 }
 
-models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt) {
-  return models::load_model(cfg.get_string("model.path"), rt.dtype, rt.device);
+models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt, const std::string& model_key) {
+  return models::load_model(cfg.get_string(model_key), rt.dtype, rt.device);
 }
 
 data::DataSpec data_spec_from(const config::Config& cfg, const std::string& prefix) {
@@ -103,9 +103,9 @@ std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, 
   return {{"format", "pt"}, {"dsk_version", DSK_VERSION}, {"dsk_stage", stage}, {"config_hash", cfg.hash()}};
 }
 
-void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir) {
+void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir, const std::string& model_key) {
   namespace stdfs = std::filesystem;
-  std::string src = cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string("model.path");
+  std::string src = cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string(model_key);
   stdfs::path p(src);
   std::error_code ec;
   if (stdfs::is_directory(p, ec)) {

@@ -29,9 +29,12 @@ struct Runtime {
 // Reads threads/seed/device/dtype; seeds the torch generator. cuda without a GPU is a usage error.
 // In a multi-process run it joins the process group (dist.* keys) and keeps info logs on rank 0.
 Runtime setup_runtime(const config::Config& cfg);
-// tokenizer.path, else the tokenizer inside model.path (a directory).
-std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg);
-models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt);
+// tokenizer.path, else the tokenizer inside the model directory at `model_key` (distill: the
+// teacher's, "teacher.path").
+std::unique_ptr<tok::Tokenizer> load_tokenizer_for(const config::Config& cfg,
+                                                   const std::string& model_key = "model.path");
+models::LoadedModel load_model_for(const config::Config& cfg, const Runtime& rt,
+                                   const std::string& model_key = "model.path");
 // The data source under `prefix` ("data.train", "data.eval") plus data.add_bos/add_eos.
 data::DataSpec data_spec_from(const config::Config& cfg, const std::string& prefix);
 // safetensors metadata of a stage's artifacts: format, dsk_version, dsk_stage, config_hash.
@@ -39,7 +42,8 @@ std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, 
 
 // Copies the tokenizer (tokenizer.path, else the one inside model.path) into `dir`, so a
 // written model directory is self-contained.
-void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir);
+void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir,
+                    const std::string& model_key = "model.path");
 
 // Prints the resolved config to stderr, once, as YAML.
 void log_resolved_config(const config::Config& cfg);

@@ -23,6 +23,7 @@
 #include "data/dataset.h"
 #include "models/loader.h"
 #include "models/quantized.h"
+#include "stages/calibrate.h"
 #include "stages/common.h"
 #include "stages/evaluate.h"
 #include "stages/run_dir.h"
@@ -36,13 +37,6 @@ namespace stdfs = std::filesystem;
 
 int64_t param_bytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
-// The layer's calibration statistics, filled by its input observer.
-struct Observed {
-  at::Tensor H;        // [K, K] float64: sum of x x^T
-  double amax = 0.0;   // max |x|
-  int64_t rows = 0;
-};
-
 struct LayerReport {
   std::string name;
   int64_t out_features = 0, in_features = 0;
@@ -50,66 +44,6 @@ struct LayerReport {
   int64_t bytes_before = 0, bytes_after = 0;
   double seconds = 0;
 };
-
-// The first `n` full (unpadded) windows of the calibration data, as [n, T] inputs.
-at::Tensor calibration_inputs(const config::Config& cfg, const tok::Tokenizer& tok, int64_t n, int seq_len) {
-  data::DataSpec spec = data_spec_from(cfg, "data.calib");
-  data::DataOptions opt;
-  opt.seq_len = seq_len;
-  data::Windows w = data::prepare_eval_data(spec, opt, tok);
-  std::vector<int64_t> rows;
-  // Packed windows are full except possibly the last, padded one (its final target unscored).
-  for (int64_t i = 0; i < w.count() && static_cast<int64_t>(rows.size()) < n; ++i)
-    if (i + 1 < w.count() || w.window_mask(i)[seq_len - 1] == 1) rows.push_back(i);
-  if (static_cast<int64_t>(rows.size()) < n)
-    fail_usage_hint(fmt::format("data.calib '{}' gives {} full windows of {} tokens, fewer than quant.calib_samples = "
-                                "{} ({} tokens needed)",
-                                spec.path, rows.size(), seq_len + 1, n, n * seq_len + 1),
-                    "lower quant.calib_samples or data.seq_len, or use a larger calibration file");
-  at::Tensor out = at::empty({n, seq_len}, at::kLong);
-  auto a = out.accessor<int64_t, 2>();
-  for (int64_t r = 0; r < n; ++r) {
-    const int32_t* t = w.window(rows[static_cast<size_t>(r)]);
-    for (int j = 0; j < seq_len; ++j) a[r][j] = t[j];
-  }
-  return out;
-}
-
-struct EndToEnd {
-  double nll_fp = 0, nll_q = 0, kl = 0;
-  int64_t tokens = 0;
-};
-
-// NLL of both models and KL(original || quantized) per scored token over the eval windows.
-EndToEnd compare_models(models::Llama& fp, models::Llama& q, const data::Windows& w, int batch_size,
-                        int64_t max_batches, c10::Device device) {
-  at::NoGradGuard no_grad;
-  fp->eval();
-  q->eval();
-  EndToEnd r;
-  double nll_fp = 0, nll_q = 0, kl = 0;
-  int64_t batches = 0;
-  for (int64_t first = 0; first < w.count(); first += batch_size) {
-    if (max_batches > 0 && batches++ >= max_batches) break;
-    const int64_t rows = std::min<int64_t>(batch_size, w.count() - first);
-    BatchTensors b = window_tensors(w.window(first), w.window_mask(first), rows, w.seq_len, device);
-    if (b.loss_tokens == 0) continue;
-    at::Tensor lp = at::log_softmax(fp->forward(b.inputs).to(at::kFloat), -1);  // [B, T, V]
-    at::Tensor lq = at::log_softmax(q->forward(b.inputs).to(at::kFloat), -1);
-    at::Tensor mask = b.targets.ne(-100);
-    at::Tensor tgt = b.targets.clamp_min(0).unsqueeze(-1);
-    nll_fp -= lp.gather(-1, tgt).squeeze(-1).masked_select(mask).sum().item<double>();
-    nll_q -= lq.gather(-1, tgt).squeeze(-1).masked_select(mask).sum().item<double>();
-    kl += (lp.exp() * (lp - lq)).sum(-1).masked_select(mask).sum().item<double>();
-    r.tokens += b.loss_tokens;
-  }
-  if (r.tokens > 0) {
-    r.nll_fp = nll_fp / static_cast<double>(r.tokens);
-    r.nll_q = nll_q / static_cast<double>(r.tokens);
-    r.kl = kl / static_cast<double>(r.tokens);
-  }
-  return r;
-}
 
 std::string human_bytes(int64_t b) {
   if (b >= (int64_t{1} << 20)) return fmt::format("{:.2f} MiB", static_cast<double>(b) / (1 << 20));
@@ -166,14 +100,9 @@ int run_quantize(const config::Config& cfg) {
                     "include e.g. [\"*\"] (every linear layer; embeddings are never quantized)");
   const bool sensitivity_only = cfg.get_bool("quant.sensitivity_only");
 
-  at::Tensor calib = calibration_inputs(cfg, *tok, calib_samples, seq_len).to(rt.device);
-  data::Windows eval_windows;
-  if (cfg.has("data.eval.path")) {
-    data::DataOptions opt;
-    opt.seq_len = seq_len;
-    opt.stride = static_cast<int>(cfg.get_int("data.stride"));
-    eval_windows = data::prepare_eval_data(data_spec_from(cfg, "data.eval"), opt, *tok);
-  } else {
+  at::Tensor calib = calibration_inputs(cfg, *tok, calib_samples, seq_len, "quant.calib_samples").to(rt.device);
+  data::Windows eval_windows = eval_windows_for(cfg, *tok);
+  if (!cfg.has("data.eval.path")) {
     log::warn("no data.eval.path: the report has no end-to-end NLL / KL; set data.eval.path to measure them");
   }
 
@@ -192,78 +121,37 @@ int run_quantize(const config::Config& cfg) {
             quant::describe(qc.scheme), qc.method, qc.act_order ? " (act-order)" : "", quant::act_mode_name(qc.act),
             selected.size(), models::linear_layers(lm.model).size(), calib_samples, seq_len);
   // ---- layer-wise calibration and quantization
-  at::NoGradGuard no_grad;
-  lm.model->eval();
-  const int64_t T = seq_len;
-  models::PositionContext pos = lm.model->position_context(0, T);
-  std::vector<at::Tensor> hidden;
-  for (int64_t b = 0; b < calib_samples; b += batch_size)
-    hidden.push_back(at::embedding(lm.model->model->embed_tokens->weight, calib.narrow(0, b, std::min<int64_t>(batch_size, calib_samples - b))));
-
   std::vector<LayerReport> reports;
-  auto quantize_group = [&](const std::vector<std::pair<std::string, models::LoraLinearImpl*>>& group,
-                            const std::function<void()>& run) {
-    std::vector<Observed> obs(group.size());
-    for (size_t i = 0; i < group.size(); ++i) {
-      auto* lin = group[i].second;
-      const int64_t K = lin->in_features();
-      obs[i].H = at::zeros({K, K}, at::TensorOptions().dtype(at::kDouble).device(rt.device));
-      Observed* o = &obs[i];
-      lin->input_observer = [o, K](const at::Tensor& x) {
-        at::Tensor X = x.reshape({-1, K}).to(at::kFloat);
-        o->H.add_(X.t().mm(X).to(at::kDouble));
-        o->amax = std::max(o->amax, X.abs().max().item<double>());
-        o->rows += X.size(0);
-      };
-    }
-    run();
-    for (size_t i = 0; i < group.size(); ++i) {
-      auto& [name, lin] = group[i];
-      lin->input_observer = nullptr;
-      const double t0 = now_s();
-      at::Tensor W = lin->weight.detach();
-      quant::QWeight qw = qc.method == "gptq" ? quant::quantize_gptq(W, obs[i].H, qc.scheme, gopt)
-                                              : quant::quantize_rtn(W, qc.scheme);
-      LayerReport r;
-      r.name = name;
-      r.out_features = lin->out_features();
-      r.in_features = lin->in_features();
-      r.weight_error = quant::weight_error(W, qw);
-      r.output_error = quant::output_error(W, qw, obs[i].H);
-      r.bytes_before = param_bytes(W);
-      r.bytes_after = quant::stored_bytes(qw);
-      float input_scale = 0.0f;
-      if (qc.act == quant::ActMode::Static) {
-        // one float16-exact step per layer, as the weight scales
-        input_scale = at::tensor({std::max(obs[i].amax, 1e-12) / 127.0}).to(at::kHalf).to(at::kFloat).item<float>();
-        r.bytes_after += 4;
-      }
-      lin->set_quantized(quant::make_qlinear(std::move(qw), qc.act, input_scale));
-      r.seconds = now_s() - t0;
-      reports.push_back(r);
-    }
-  };
-
-  for (size_t li = 0; li < lm.model->model->layers.size(); ++li) {
-    auto layer = lm.model->model->layers[li];
-    const std::string prefix = fmt::format("model.layers.{}.", li);
-    std::vector<std::pair<std::string, models::LoraLinearImpl*>> group;
-    for (auto& s : selected)
-      if (s.first.rfind(prefix, 0) == 0) group.push_back(s);
-    quantize_group(group, [&] {
-      for (auto& h : hidden) layer->forward(h, pos, nullptr, static_cast<int64_t>(li));
-    });
-    for (auto& h : hidden) h = layer->forward(h, pos, nullptr, static_cast<int64_t>(li));
-    log::debug("quantize: layer {} done", li);
-  }
-  std::vector<std::pair<std::string, models::LoraLinearImpl*>> head;
-  for (auto& s : selected)
-    if (s.first.rfind("model.layers.", 0) != 0) head.push_back(s);
-  if (!head.empty())
-    quantize_group(head, [&] {
-      for (auto& h : hidden) lm.model->logits(lm.model->model->norm->forward(h));
-    });
-  hidden.clear();
+  layerwise_pass(lm.model, calib, batch_size, selected, /*with_hessian=*/true,
+                 [&](const LinearList& group, std::vector<InputStats>& stats) {
+                   for (size_t i = 0; i < group.size(); ++i) {
+                     auto& [name, lin] = group[i];
+                     const double t0 = now_s();
+                     at::Tensor W = lin->weight.detach();
+                     quant::QWeight qw = qc.method == "gptq" ? quant::quantize_gptq(W, stats[i].H, qc.scheme, gopt)
+                                                             : quant::quantize_rtn(W, qc.scheme);
+                     LayerReport r;
+                     r.name = name;
+                     r.out_features = lin->out_features();
+                     r.in_features = lin->in_features();
+                     r.weight_error = quant::weight_error(W, qw);
+                     r.output_error = quant::output_error(W, qw, stats[i].H);
+                     r.bytes_before = param_bytes(W);
+                     r.bytes_after = quant::stored_bytes(qw);
+                     float input_scale = 0.0f;
+                     if (qc.act == quant::ActMode::Static) {
+                       // one float16-exact step per layer, as the weight scales
+                       input_scale = at::tensor({std::max(stats[i].amax, 1e-12) / 127.0})
+                                         .to(at::kHalf)
+                                         .to(at::kFloat)
+                                         .item<float>();
+                       r.bytes_after += 4;
+                     }
+                     lin->set_quantized(quant::make_qlinear(std::move(qw), qc.act, input_scale));
+                     r.seconds = now_s() - t0;
+                     reports.push_back(r);
+                   }
+                 });
 
   int64_t bytes_after = 0;
   for (auto& [name, t] : models::state_tensors(lm.model)) bytes_after += param_bytes(t);
@@ -283,11 +171,11 @@ int run_quantize(const config::Config& cfg) {
               rt.device.str(), ratio);
 
   // ---- end to end
-  EndToEnd e2e;
+  Comparison e2e;
   if (eval_windows.count() > 0) {
     e2e = compare_models(original.model, lm.model, eval_windows, batch_size, cfg.get_int("eval.max_batches"), rt.device);
     log::info("eval: nll {:.5f} -> {:.5f} (delta {:+.5f} nats/token), KL(original || quantized) {:.5f} over {} tokens",
-              e2e.nll_fp, e2e.nll_q, e2e.nll_q - e2e.nll_fp, e2e.kl, e2e.tokens);
+              e2e.nll_reference, e2e.nll_candidate, e2e.nll_candidate - e2e.nll_reference, e2e.kl, e2e.tokens);
   }
 
   // ---- report
@@ -302,8 +190,8 @@ int run_quantize(const config::Config& cfg) {
                       {"seconds", r.seconds}});
   nlohmann::ordered_json e2e_json = nullptr;
   if (e2e.tokens > 0)
-    e2e_json = {{"data", cfg.get_string("data.eval.path")}, {"tokens", e2e.tokens},        {"nll_original", e2e.nll_fp},
-                {"nll_quantized", e2e.nll_q},               {"delta_nll", e2e.nll_q - e2e.nll_fp}, {"kl", e2e.kl}};
+    e2e_json = {{"data", cfg.get_string("data.eval.path")}, {"tokens", e2e.tokens},        {"nll_original", e2e.nll_reference},
+                {"nll_quantized", e2e.nll_candidate},               {"delta_nll", e2e.nll_candidate - e2e.nll_reference}, {"kl", e2e.kl}};
   nlohmann::ordered_json report = {
       {"scheme", quant::describe(qc.scheme)},
       {"bits", qc.scheme.bits},
@@ -355,7 +243,7 @@ int run_quantize(const config::Config& cfg) {
                                     {"bytes_after", bytes_after},
                                     {"report", (out / "quant_report.json").string()},
                                     {"model", model_dir.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(model_dir)}};
-  if (e2e.tokens > 0) summary["delta_nll"] = e2e.nll_q - e2e.nll_fp, summary["kl"] = e2e.kl;
+  if (e2e.tokens > 0) summary["delta_nll"] = e2e.nll_candidate - e2e.nll_reference, summary["kl"] = e2e.kl;
   std::printf("%s\n", summary.dump().c_str());
   std::fflush(stdout);
   return 0;

@@ -21,10 +21,17 @@ Type type_from_registry(const std::string& t) {
   return Type::String;
 }
 
+void add_runtime_keys(Schema& s);
+
 void add_model_keys(Schema& s) {
   s.add_required("model.path", Type::Path, "Hugging Face model directory or llama2.c .bin checkpoint");
+  add_runtime_keys(s);
+}
+
+// Tokenizer, device, dtype, seed, threads.
+void add_runtime_keys(Schema& s) {
   s.add("tokenizer.path", Type::Path, "~",
-        "tokenizer.model / tokenizer.json (default: the one inside model.path)");
+        "tokenizer.model / tokenizer.json (default: the one inside the model directory)");
   s.add_enum("device", {"auto", "cpu", "cuda"}, "auto", "where to run (auto: cuda when available)");
   s.add_enum("dtype", {"fp32", "bf16", "fp16"}, "fp32",
              "compute dtype (eval/generate: the weights'; finetune: fp32 master weights + autocast, fp16 on CUDA only "
@@ -69,8 +76,8 @@ void add_data_source(Schema& s, const std::string& prefix, bool required) {
   }
 }
 
-void add_data_keys(Schema& s, bool train) {
-  if (train) add_data_source(s, "data.train", true);
+void add_data_keys(Schema& s, bool train, bool train_path_required = true) {
+  if (train) add_data_source(s, "data.train", train_path_required);
   add_data_source(s, "data.eval", !train);
   for (const auto& d : data::data_keys()) {
     if (d.scope == (train ? "eval" : "train")) continue;
@@ -140,10 +147,15 @@ void add_scheme_keys(Schema& s, const std::string& p) {
   s.add(p + ".exclude", Type::StringList, "[lm_head]", "linear layers kept in full precision (embeddings always are)");
 }
 
-Schema make_finetune_schema() {
-  Schema s("finetune", "Fine-tune a model, fully or with LoRA, on text/JSONL/token data.");
-  add_model_keys(s);
-  add_data_keys(s, true);
+// Pruned models: whether training keeps their zeros (finetune, distill).
+void add_sparsity_keys(Schema& s) {
+  s.add_enum("sparsity.keep", {"auto", "true", "false"}, "auto",
+             "keep pruned weights at zero (auto: when config.json has dsk_sparsity, as dsk prune writes; true: the "
+             "exact zeros of every linear layer; false: let them fill in)");
+}
+
+// The training loop's keys (stages/trainer.h), shared by finetune and distill.
+void add_training_keys(Schema& s) {
   s.add_required("output_dir", Type::Path, "everything the run writes goes here");
   s.add_enum("method", {"lora", "full"}, "lora", "full: train every (unfrozen) weight; lora: low-rank adapters");
   s.add("max_steps", Type::Int, "~", "optimizer steps to run (unset: from epochs)");
@@ -176,12 +188,58 @@ Schema make_finetune_schema() {
         "1: shard the optimizer state over the ranks (ZeRO stage 1); checkpoints stay world-size independent");
   s.add("activation_checkpointing", Type::Bool, "false",
         "recompute each decoder block in the backward pass instead of keeping its activations");
+  s.add_enum("sparsity.keep", {"auto", "true", "false"}, "auto",
+             "keep pruned weights at zero (auto: when config.json has dsk_sparsity, as dsk prune writes; true: the "
+             "exact zeros of every linear layer; false: let them fill in)");
+}
+
+Schema make_finetune_schema() {
+  Schema s("finetune", "Fine-tune a model, fully or with LoRA, on text/JSONL/token data.");
+  add_model_keys(s);
+  add_data_keys(s, true);
+  add_training_keys(s);
   s.add("qat.enabled", Type::Bool, "false",
         "quantization-aware training (method full): fake-quantize the selected layers, save model/ quantized");
   add_scheme_keys(s, "qat");
   s.add_enum("qat.activations", {"none", "dynamic"}, "none", "QAT: int8 per-token activations too (needs bits 8)");
   s.add("qat.distill", Type::Bool, "true",
         "QAT loss: KL from the full-precision model (true, LLM-QAT) or cross-entropy on the data (false)");
+  return s;
+}
+
+Schema make_distill_schema() {
+  Schema s("distill", "Distill a teacher into a student (KL/JS on logits with temperature, hidden-state losses).");
+  s.add_required("teacher.path", Type::Path, "the teacher: Hugging Face model directory or llama2.c .bin checkpoint");
+  add_runtime_keys(s);
+  s.add_enum("student.init.from", {"teacher", "path", "scratch"}, "teacher",
+             "teacher: the teacher's layers listed in student.init.layers; path: student.path; scratch: the "
+             "teacher's family with the student.* sizes, randomly initialized");
+  s.add("student.init.layers", Type::StringList, "[]",
+        "from teacher: the teacher layers the student keeps, e.g. [0, 2, 4] (empty: all)");
+  s.add("student.path", Type::Path, "~", "from path: the student model (same vocabulary as the teacher)");
+  for (const char* k : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads"})
+    s.add(std::string("student.") + k, Type::Int, "0", "from scratch: the student's size (0: the teacher's)");
+  add_data_keys(s, true, /*train_path_required=*/false);  // only for data.train.source file (the stage checks)
+  s.add_enum("data.train.source", {"file", "teacher"}, "file",
+             "file: data.train.path; teacher: sequences sampled from the teacher (kept as output_dir/teacher_samples.i32)");
+  s.add("data.train.prompts", Type::Path, "~", "source teacher: prompts, one per line (unset: unconditional, from BOS)");
+  s.add("data.train.num_samples", Type::Int, "256", "source teacher: sequences to sample");
+  s.add("data.train.max_new_tokens", Type::Int, "256", "source teacher: tokens per sequence at most (stops at EOS)");
+  s.add("data.train.temperature", Type::Float, "1.0", "source teacher: sampling temperature (0: greedy)");
+  s.add("data.train.top_k", Type::Int, "0", "source teacher: top-k sampling (0: off)");
+  s.add("data.train.top_p", Type::Float, "1.0", "source teacher: nucleus sampling mass (1.0: off)");
+  add_training_keys(s);
+  s.add_enum("distill.loss", {"forward_kl", "reverse_kl", "js"}, "forward_kl",
+             "divergence between teacher and student next-token distributions");
+  s.add("distill.temperature", Type::Float, "1.0", "softmax temperature T of both models (the loss is scaled by T^2)");
+  s.add("distill.alpha", Type::Float, "0.5", "weight of the distillation term; 1 - alpha weights cross-entropy on the data");
+  s.add("distill.top_k", Type::Int, "0", "match only the teacher's k most likely tokens, renormalized (0: all)");
+  s.add("distill.hidden.weight", Type::Float, "0", "weight of the hidden-state loss (0: off)");
+  s.add_enum("distill.hidden.loss", {"mse", "cosine"}, "mse", "hidden-state distance (TinyBERT mse, DistilBERT cosine)");
+  s.add("distill.hidden.layer_map", Type::StringList, "[]",
+        "\"student:teacher\" layer pairs whose outputs are matched (empty: each student layer to its teacher "
+        "layer, or evenly spaced)");
   return s;
 }
 
@@ -225,10 +283,51 @@ Schema make_quantize_schema() {
   return s;
 }
 
+Schema make_prune_schema() {
+  Schema s("prune", "Prune weights (magnitude, Wanda, SparseGPT; N:M) or structure (MLP neurons, KV groups, layers).");
+  add_model_keys(s);
+  add_data_source(s, "data.calib", false);
+  add_data_source(s, "data.eval", false);
+  for (const auto& d : data::data_keys())
+    if (d.scope != "train") s.add(spec_from_doc("data", d));
+  s.add_required("output_dir", Type::Path, "prune_report.json, config.yaml and model/ go here");
+  s.add("batch_size", Type::Int, "8", "windows per forward pass (calibration, evaluation, timing)");
+  s.add("eval.max_batches", Type::Int, "0", "eval batches for the NLL before/after (0: the whole eval set)");
+  s.add_enum("prune.method", {"magnitude", "wanda", "sparsegpt", "mlp_neurons", "attention_heads", "layers"}, "wanda",
+             "unstructured / N:M criterion (magnitude, wanda, sparsegpt), or what structured pruning removes "
+             "(mlp_neurons, attention_heads as whole KV groups, layers)");
+  s.add("prune.sparsity", Type::Float, "0.5",
+        "fraction in [0, 1) of the selected weights (unstructured) or of the units of each layer (structured) to remove");
+  s.add("prune.pattern", Type::String, "\"\"", "N:M semi-structured pattern, e.g. \"2:4\" (keep 2 of every 4); "
+        "implies the sparsity");
+  s.add_enum("prune.scope", {"layer", "global"}, "layer",
+             "magnitude: the same sparsity in every layer, or one threshold over all selected layers");
+  s.add_enum("prune.importance", {"magnitude", "activation", "taylor"}, "activation",
+             "structured: rank units by weight norm, activation energy (layers: block influence) or first-order "
+             "Taylor |sum w * grad| on calibration data");
+  s.add("prune.include", Type::StringList, "[\"*\"]",
+        "unstructured: linear layers to prune, names (q_proj) or globs on the full name (model.layers.*.mlp.*)");
+  s.add("prune.exclude", Type::StringList, "[lm_head]", "unstructured: linear layers left dense (embeddings always are)");
+  s.add("prune.calib_samples", Type::Int, "128", "calibration windows of data.seq_len tokens from data.calib");
+  s.add("prune.damp", Type::Float, "0.01", "SparseGPT dampening added to the Hessian diagonal, relative to its mean");
+  s.add("prune.block_size", Type::Int, "128", "SparseGPT: columns per block (mask selection and lazy updates)");
+  return s;
+}
+
 }  // namespace
+
+const config::Schema& prune_schema() {
+  static const Schema s = make_prune_schema();
+  return s;
+}
 
 const config::Schema& quantize_schema() {
   static const Schema s = make_quantize_schema();
+  return s;
+}
+
+const config::Schema& distill_schema() {
+  static const Schema s = make_distill_schema();
   return s;
 }
 

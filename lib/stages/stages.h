@@ -19,4 +19,10 @@ int run_generate(const config::Config& cfg);
 const config::Schema& quantize_schema();
 int run_quantize(const config::Config& cfg);
 
+const config::Schema& distill_schema();
+int run_distill(const config::Config& cfg);
+
+const config::Schema& prune_schema();
+int run_prune(const config::Config& cfg);
+
 }  // namespace dsk::stages

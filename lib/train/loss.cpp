@@ -133,6 +133,23 @@ Divergence divergence_from(const std::string& name) {
   fail_usage_hint(fmt::format("'{}' is not a divergence", name), "use forward_kl, reverse_kl or js");
 }
 
+namespace {
+
+// Per row: the divergence between two log-distributions [N, V] -> [N].
+at::Tensor divergence(const at::Tensor& ls, const at::Tensor& lt, Divergence kind) {
+  switch (kind) {
+    case Divergence::ForwardKL: return (lt.exp() * (lt - ls)).sum(-1);
+    case Divergence::ReverseKL: return (ls.exp() * (ls - lt)).sum(-1);
+    case Divergence::JensenShannon: {
+      at::Tensor lm = at::logsumexp(at::stack({ls, lt}), 0) - std::log(2.0);  // log((p_s + p_t) / 2)
+      return 0.5 * ((lt.exp() * (lt - lm)).sum(-1) + (ls.exp() * (ls - lm)).sum(-1));
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
 LossResult distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
                         Divergence kind, double temperature, int64_t ignore_index) {
   DSK_CHECK(student_logits.sizes() == teacher_logits.sizes(), "distill_loss: student logits {} vs teacher {}",
@@ -143,18 +160,47 @@ LossResult distill_loss(const at::Tensor& student_logits, const at::Tensor& teac
   const int64_t count = mask.sum().item<int64_t>();
   at::Tensor ls = at::log_softmax(student_logits.reshape({-1, V}).to(at::kFloat) / temperature, -1);
   at::Tensor lt = at::log_softmax(teacher_logits.detach().reshape({-1, V}).to(at::kFloat) / temperature, -1);
-  at::Tensor per_token;  // [N]
-  switch (kind) {
-    case Divergence::ForwardKL: per_token = (lt.exp() * (lt - ls)).sum(-1); break;
-    case Divergence::ReverseKL: per_token = (ls.exp() * (ls - lt)).sum(-1); break;
-    case Divergence::JensenShannon: {
-      at::Tensor lm = at::logsumexp(at::stack({ls, lt}), 0) - std::log(2.0);  // log((p_s + p_t) / 2)
-      per_token = 0.5 * ((lt.exp() * (lt - lm)).sum(-1) + (ls.exp() * (ls - lm)).sum(-1));
-      break;
-    }
-  }
-  at::Tensor loss = (per_token * mask.to(at::kFloat)).sum() * (temperature * temperature / std::max<int64_t>(count, 1));
+  at::Tensor loss = (divergence(ls, lt, kind) * mask.to(at::kFloat)).sum() *
+                    (temperature * temperature / std::max<int64_t>(count, 1));
   return {loss, count};
+}
+
+LossResult distill_loss_topk(const at::Tensor& student_logits, const at::Tensor& teacher_topk_values,
+                             const at::Tensor& teacher_topk_indices, const at::Tensor& targets, Divergence kind,
+                             double temperature, int64_t ignore_index) {
+  DSK_CHECK(teacher_topk_values.sizes() == teacher_topk_indices.sizes(),
+            "distill_loss_topk: values {} vs indices {}", fmt::join(teacher_topk_values.sizes(), "x"),
+            fmt::join(teacher_topk_indices.sizes(), "x"));
+  DSK_CHECK(temperature > 0, "distill_loss_topk: temperature must be > 0");
+  const int64_t V = student_logits.size(-1), k = teacher_topk_values.size(-1);
+  at::Tensor mask = targets.reshape({-1}).ne(ignore_index);
+  const int64_t count = mask.sum().item<int64_t>();
+  at::Tensor idx = teacher_topk_indices.reshape({-1, k});
+  at::Tensor s = student_logits.reshape({-1, V}).to(at::kFloat).gather(-1, idx);
+  at::Tensor ls = at::log_softmax(s / temperature, -1);
+  at::Tensor lt = at::log_softmax(teacher_topk_values.detach().reshape({-1, k}).to(at::kFloat) / temperature, -1);
+  at::Tensor loss = (divergence(ls, lt, kind) * mask.to(at::kFloat)).sum() *
+                    (temperature * temperature / std::max<int64_t>(count, 1));
+  return {loss, count};
+}
+
+HiddenLoss hidden_loss_from(const std::string& name) {
+  if (name == "mse") return HiddenLoss::MSE;
+  if (name == "cosine") return HiddenLoss::Cosine;
+  fail_usage_hint(fmt::format("unknown hidden-state loss '{}'", name), "use mse or cosine");
+}
+
+LossResult hidden_state_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& targets,
+                             HiddenLoss kind, int64_t ignore_index) {
+  DSK_CHECK(student.sizes() == teacher.sizes(), "hidden_state_loss: student {} vs teacher {}",
+            fmt::join(student.sizes(), "x"), fmt::join(teacher.sizes(), "x"));
+  const int64_t C = student.size(-1);
+  at::Tensor mask = targets.reshape({-1}).ne(ignore_index).to(at::kFloat);
+  const int64_t count = static_cast<int64_t>(mask.sum().item<double>());
+  at::Tensor s = student.reshape({-1, C}).to(at::kFloat), t = teacher.detach().reshape({-1, C}).to(at::kFloat);
+  at::Tensor per_token = kind == HiddenLoss::MSE ? (s - t).pow(2).mean(-1)
+                                                 : 1.0 - at::cosine_similarity(s, t, /*dim=*/1, /*eps=*/1e-8);
+  return {(per_token * mask).sum() / static_cast<double>(std::max<int64_t>(count, 1)), count};
 }
 
 }  // namespace dsk::train

@@ -44,4 +44,22 @@ LossResult distill_loss(const at::Tensor& student_logits, const at::Tensor& teac
                         Divergence kind = Divergence::ForwardKL, double temperature = 1.0,
                         int64_t ignore_index = kIgnoreIndex);
 
+// The same divergence restricted to the teacher's k most likely tokens (distill.top_k): both
+// distributions are renormalized over that set (student logits gathered at the teacher's
+// indices), so only [..., k] teacher values and indices need to be kept.
+// teacher_topk_values / teacher_topk_indices [..., k] (int64).
+LossResult distill_loss_topk(const at::Tensor& student_logits, const at::Tensor& teacher_topk_values,
+                             const at::Tensor& teacher_topk_indices, const at::Tensor& targets,
+                             Divergence kind = Divergence::ForwardKL, double temperature = 1.0,
+                             int64_t ignore_index = kIgnoreIndex);
+
+// Hidden-state matching (distill.hidden): student [..., C] (already projected to the teacher's
+// width) against teacher [..., C], averaged over the positions whose target is scored.
+//   mse:    mean over channels of (s - t)^2 (TinyBERT)
+//   cosine: 1 - cos(s, t) (DistilBERT)
+enum class HiddenLoss { MSE, Cosine };
+HiddenLoss hidden_loss_from(const std::string& name);  // "mse" | "cosine"
+LossResult hidden_state_loss(const at::Tensor& student, const at::Tensor& teacher, const at::Tensor& targets,
+                             HiddenLoss kind, int64_t ignore_index = kIgnoreIndex);
+
 }  // namespace dsk::train
