@@ -274,20 +274,29 @@ models::LlamaConfig read_hf_config(const std::string& dir) {
     c.sparsity_config = j["dsk_sparsity"].dump();
   }
 
-  if (c.hidden_size % c.num_attention_heads != 0) {
-    fail_usage_hint(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {}", file, c.hidden_size,
-                                c.num_attention_heads),
+  // head_dim: transformers (LlamaConfig >= 4.45, MistralConfig, recent Qwen2Config) takes it as
+  // given and sizes q/k/v/o and the rotary tables with it; absent or null, it is hidden_size /
+  // num_attention_heads. Kept explicit only when it differs from that default, e.g. a model
+  // whose attention heads were pruned (models/surgery.h).
+  if (r.has("head_dim")) {
+    const int64_t head_dim = r.int_or("head_dim", 0);
+    if (head_dim % 2 != 0) {
+      fail_usage_hint(fmt::format("{}: head_dim {} is odd", file, head_dim),
+                      "rotary embeddings need an even head_dim: fix the model's config.json");
+    }
+    if (c.hidden_size % c.num_attention_heads != 0 || head_dim != c.hidden_size / c.num_attention_heads)
+      c.head_dim_override = head_dim;
+  }
+  if (c.head_dim_override == 0 && c.hidden_size % c.num_attention_heads != 0) {
+    fail_usage_hint(fmt::format("{}: hidden_size {} is not a multiple of num_attention_heads {} and there is no "
+                                "head_dim",
+                                file, c.hidden_size, c.num_attention_heads),
                     "fix the model's config.json");
   }
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     fail_usage_hint(fmt::format("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", file,
                                 c.num_attention_heads, c.num_key_value_heads),
                     "fix the model's config.json");
-  }
-  if (r.has("head_dim") && r.int_or("head_dim", 0) != c.head_dim()) {
-    fail_usage_hint(fmt::format("{}: head_dim {} differs from hidden_size / num_attention_heads = {}", file,
-                                r.at("head_dim").dump(), c.head_dim()),
-                    "dsk supports models whose head_dim is hidden_size / num_attention_heads");
   }
   return c;
 }
@@ -304,7 +313,7 @@ nlohmann::json hf_config_json(const models::LlamaConfig& c) {
       {"attention_dropout", 0.0},
       {"bos_token_id", token(c.bos_token_id)},
       {"eos_token_id", token(c.eos_token_id)},
-      {"head_dim", c.head_dim()},
+      {"head_dim", c.head_dim()},  // always: transformers >= 4.45 sizes the attention with it
       {"hidden_act", "silu"},
       {"hidden_size", c.hidden_size},
       {"initializer_range", 0.02},

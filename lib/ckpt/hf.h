@@ -26,10 +26,12 @@ inline constexpr const char* kHfIndexFile = "model.safetensors.index.json";
 
 // dir/config.json -> LlamaConfig (rope_style Half). Absent optional fields take transformers'
 // defaults; a null or empty bos/eos_token_id becomes -1 (none). Rejects model types other than
-// llama/mistral/qwen2, hidden_act != silu, rope_scaling other than linear/llama3, mlp_bias, and a
-// head_dim other than hidden_size / num_attention_heads.
+// llama/mistral/qwen2, hidden_act != silu, rope_scaling other than linear/llama3, mlp_bias, and an
+// odd head_dim. A head_dim other than hidden_size / num_attention_heads is kept explicit
+// (LlamaConfig::head_dim_override): transformers >= 4.45 sizes q/k/v/o with config.head_dim.
 models::LlamaConfig read_hf_config(const std::string& dir);
 // LlamaConfig -> config.json that transformers loads unchanged (LlamaConfig/MistralConfig/Qwen2Config).
+// Always writes head_dim (cfg.head_dim()).
 nlohmann::json hf_config_json(const models::LlamaConfig& cfg);
 // Every tensor of the directory: model.safetensors if present (as transformers prefers it), else
 // the index and its shards (each shard must exist and hold every tensor the index maps to it).

@@ -31,7 +31,10 @@ void check_config(const LlamaConfig& c) {
   positive(c.num_key_value_heads, "num_key_value_heads");
   positive(c.vocab_size, "vocab_size");
   positive(c.max_position_embeddings, "max_position_embeddings");
-  if (c.hidden_size % c.num_attention_heads != 0)
+  if (c.head_dim_override < 0) fail_usage("model config: head_dim must be positive, got {}", c.head_dim_override);
+  // Without an explicit head_dim the heads split hidden_size; with one, the attention width
+  // H * head_dim is independent of hidden_size (q_proj [H*D, C], o_proj [C, H*D]).
+  if (c.head_dim_override == 0 && c.hidden_size % c.num_attention_heads != 0)
     fail_usage("model config: hidden_size {} is not divisible by num_attention_heads {}", c.hidden_size,
                c.num_attention_heads);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
@@ -77,6 +80,8 @@ at::Tensor rope_inv_freq(const LlamaConfig& c) {
 namespace {
 
 // x [B, T, n, D] -> the same with each rotated pair rotated by its position's angle.
+// Both styles pair dimensions within one head only (the last axis), so rows h*D .. h*D+D-1 of
+// q_proj/k_proj are head h in either layout: whole heads can be sliced out (models/surgery.h).
 at::Tensor apply_rope(const at::Tensor& x, const PositionContext& pos) {
   const int64_t D = x.size(-1);
   at::Tensor swapped;  // pair partners exchanged: Half (x2, x1); Interleaved (x1, x0, x3, x2, ...)

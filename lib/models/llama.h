@@ -3,7 +3,9 @@
 //          state_tensors, load_state_tensors
 //
 // Parameter names equal the Hugging Face safetensors keys, so loading and saving are name lookups
-// (B batch, T tokens, C hidden_size, H heads, KV kv-heads, D head_dim, F intermediate_size, V vocab):
+// (B batch, T tokens, C hidden_size, H heads, KV kv-heads, D head_dim, F intermediate_size, V vocab;
+// D is config.head_dim(): hidden_size / H unless config.json sets head_dim, so H*D may differ
+// from C, e.g. after attention heads were pruned away (models/surgery.h)):
 //   model.embed_tokens.weight                          [V, C]
 //   model.layers.{i}.input_layernorm.weight            [C]
 //   model.layers.{i}.self_attn.q_proj.weight           [H*D, C]   (+ .bias [H*D] when attention_bias)

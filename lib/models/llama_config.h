@@ -42,7 +42,17 @@ struct LlamaConfig {
   // layers (method, sparsity, pattern, layers); finetune keeps those zeros (docs/pruning.md).
   std::string sparsity_config;
 
-  int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  // Width of one attention head when set explicitly (config.json "head_dim"), 0 for the default
+  // hidden_size / num_attention_heads. Structured pruning of attention heads keeps hidden_size but
+  // lowers the head counts, so H * head_dim then differs from hidden_size. transformers reads
+  // config.head_dim for the q/k/v/o shapes and rotary tables of LlamaForCausalLM from 4.45 on
+  // (before that it assumed hidden_size / num_attention_heads; MistralConfig had it earlier and
+  // Qwen2 reads it in recent releases), so such a directory needs a recent transformers.
+  int64_t head_dim_override = 0;
+
+  // D: head_dim_override when set, else hidden_size / num_attention_heads. The attention width
+  // is num_attention_heads * head_dim() (q_proj/o_proj), num_key_value_heads * head_dim() (k/v).
+  int64_t head_dim() const { return head_dim_override > 0 ? head_dim_override : hidden_size / num_attention_heads; }
 };
 
 }  // namespace dsk::models

@@ -88,6 +88,7 @@ void check_same_config(const LlamaConfig& a, const LlamaConfig& b) {
   CHECK(a.eos_token_id == b.eos_token_id);
   CHECK(a.torch_dtype == b.torch_dtype);
   CHECK(a.model_type == b.model_type);
+  CHECK(a.head_dim() == b.head_dim());
   CHECK(a.rope_scaling_type == b.rope_scaling_type);
   CHECK(a.rope_scaling_factor == b.rope_scaling_factor);
   CHECK(a.rope_low_freq_factor == b.rope_low_freq_factor);
@@ -401,8 +402,14 @@ TEST_CASE("read_hf_config rejects what dsk cannot run", "[ckpt][hf]") {
   j["model_type"] = "gpt2";
   CHECK_THAT(usage_error("hf_rej_type", j), Contains("model_type 'gpt2' is not supported"));
   j = llama_config_json();
-  j["head_dim"] = 16;
-  CHECK_THAT(usage_error("hf_rej_head_dim", j), Contains("head_dim 16 differs from hidden_size / num_attention_heads = 8"));
+  j["head_dim"] = 7;
+  CHECK_THAT(usage_error("hf_rej_head_dim", j), Contains("head_dim 7 is odd"));
+  j["head_dim"] = 0;
+  CHECK_THAT(usage_error("hf_rej_head_dim0", j), Contains("\"head_dim\" is 0, expected a positive integer"));
+  j = llama_config_json();
+  j["num_attention_heads"] = 6;
+  j["num_key_value_heads"] = 3;
+  CHECK_THAT(usage_error("hf_rej_heads", j), Contains("hidden_size 64 is not a multiple of num_attention_heads 6"));
   j = llama_config_json();
   j["mlp_bias"] = true;
   CHECK_THAT(usage_error("hf_rej_mlp_bias", j), Contains("mlp_bias true is not supported"));
@@ -427,4 +434,56 @@ TEST_CASE("save_hf_dir refuses interleaved rotary weights", "[ckpt][hf]") {
   CHECK_THROWS_WITH(save_hf_dir(dir.string(), cfg, hf_weights(cfg, at::kFloat), kMeta),
                     Contains("rope_style Half"));
   CHECK(files_in(dir).empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explicit head_dim (attention heads pruned: H * head_dim != hidden_size)
+
+TEST_CASE("read_hf_config keeps a head_dim other than hidden_size / num_attention_heads", "[ckpt][hf]") {
+  auto j = llama_config_json();  // hidden 64, 8 heads: default head_dim 8
+  j["head_dim"] = 16;
+  LlamaConfig c = read_hf_config(dir_with_config("hf_cfg_head_dim", j).string());
+  CHECK(c.head_dim() == 16);
+  CHECK(c.head_dim_override == 16);
+  // Heads that do not divide hidden_size are fine with an explicit head_dim.
+  j["num_attention_heads"] = 6;
+  j["num_key_value_heads"] = 3;
+  j["head_dim"] = 8;
+  c = read_hf_config(dir_with_config("hf_cfg_head_dim_pruned", j).string());
+  CHECK(c.head_dim() == 8);
+  CHECK(c.num_attention_heads * c.head_dim() == 48);
+  // The default written explicitly (transformers >= 4.45 writes it) stays implicit.
+  j = llama_config_json();
+  j["head_dim"] = 8;
+  c = read_hf_config(dir_with_config("hf_cfg_head_dim_default", j).string());
+  CHECK(c.head_dim() == 8);
+  CHECK(c.head_dim_override == 0);
+  j["head_dim"] = nullptr;
+  CHECK(read_hf_config(dir_with_config("hf_cfg_head_dim_null", j).string()).head_dim() == 8);
+}
+
+TEST_CASE("a config with an explicit head_dim round-trips with its weights", "[ckpt][hf]") {
+  auto dir = dsk::test::scratch_dir("hf_roundtrip_head_dim");
+  LlamaConfig cfg = tiny_config();  // hidden 16, 4 heads, 2 kv heads: default head_dim 4
+  cfg.num_attention_heads = 6;
+  cfg.num_key_value_heads = 3;
+  cfg.head_dim_override = 6;
+  cfg.attention_bias = true;
+  Named weights = hf_weights(cfg, at::kFloat);
+  CHECK(weights[2].first == "model.layers.0.self_attn.q_proj.weight");
+  CHECK(weights[2].second.sizes() == at::IntArrayRef({36, 16}));
+  save_hf_dir(dir.string(), cfg, weights, kMeta);
+  auto j = read_json(dir / "config.json");
+  CHECK(j["head_dim"] == 6);
+  CHECK(j["hidden_size"] == 16);
+  CHECK(j["num_attention_heads"] == 6);
+  LlamaConfig back = read_hf_config(dir.string());
+  CHECK(back.head_dim() == 6);
+  CHECK(back.head_dim_override == 6);
+  check_same_config(back, [&] {
+    LlamaConfig want = cfg;
+    want.torch_dtype = "float32";
+    return want;
+  }());
+  check_same_weights(load_hf_weights(dir.string()), weights);
 }
