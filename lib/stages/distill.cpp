@@ -149,6 +149,7 @@ struct Distill {
       fail_usage_hint(fmt::format("the student has {} tokens, the teacher {}: distillation needs one vocabulary",
                                   student.config.vocab_size, tc.vocab_size),
                       "use a student trained with the teacher's tokenizer (or student.init.from: teacher / scratch)");
+    setup_hidden(t, student.model);  // the layer map is checked before any compute
     log::info("teacher: {} ({} layers, dim {}); student: {} ({} layers, dim {}, intermediate {}, {} heads)",
               cfg.get_string("teacher.path"), tc.num_hidden_layers, tc.hidden_size,
               from == "teacher" ? fmt::format("teacher layers [{}]", fmt::join(init_layers, ", ")) : student.path,
@@ -182,14 +183,15 @@ struct Distill {
                       "distill into a student that uses the teacher's tokenizer");
   }
 
-  // The hidden-state pairs and their projections, once both models are known.
-  void setup_hidden(Trainer& t) {
+  // The hidden-state pairs and their projections, once both models are known (Trainer::setup
+  // adds the projections to the trainable tensors).
+  void setup_hidden(Trainer& t, models::Llama& student) {
     if (hidden_weight == 0) {
       if (!cfg.get_list("distill.hidden.layer_map").empty())
         log::warn("distill.hidden.layer_map is set but distill.hidden.weight is 0: no hidden-state loss");
       return;
     }
-    const int64_t Ls = t.lm.model->config().num_hidden_layers, Lt = t.teacher->config().num_hidden_layers;
+    const int64_t Ls = student->config().num_hidden_layers, Lt = t.teacher->config().num_hidden_layers;
     const auto entries = cfg.get_list("distill.hidden.layer_map");
     if (entries.empty()) {
       // Default: a student made of teacher layers matches each to its origin; otherwise student
@@ -221,7 +223,7 @@ struct Distill {
         layer_map.emplace_back(s, tl);
       }
     }
-    const int64_t Cs = t.lm.model->config().hidden_size, Ct = t.teacher->config().hidden_size;
+    const int64_t Cs = student->config().hidden_size, Ct = t.teacher->config().hidden_size;
     for (size_t i = 0; i < layer_map.size(); ++i) {
       if (Cs == Ct) {
         proj.emplace_back();
@@ -375,8 +377,14 @@ int run_distill(const config::Config& cfg) {
   h.model_key = "teacher.path";
   h.load_model = [&](Trainer& t) { return d.load_student(t); };
   h.train_spec = [&](Trainer& t) { return d.train_spec(t); };
-  h.after_model = [&](Trainer& t) { d.setup_hidden(t); };
   h.after_claim = [&](Trainer& t) { d.after_claim(t); };
+  h.after_model = [&](Trainer& t) {  // the teacher's score: what the student is aiming at
+    if (t.data.eval.count() == 0) return;
+    EvalResult e = evaluate(t.teacher, t.data.eval, static_cast<int>(cfg.get_int("batch_size")),
+                            cfg.get_int("eval.max_batches"), t.comm.get());
+    log::info("teacher eval: nll {:.4f}, ppl {:.2f} ({} tokens)", e.nll, e.ppl, e.tokens);
+    t.summary_extra["teacher_eval_nll"] = e.nll;
+  };
   h.loss = [&](Trainer& t, const BatchTensors& b) { return d.loss(t, b); };
   Trainer t(cfg, std::move(h));
   return t.run();

@@ -393,7 +393,8 @@ void Trainer::setup_sparsity() {
   std::set<std::string> names;
   if (!record.empty()) {
     try {
-      for (const auto& n : nlohmann::json::parse(record).at("layers")) names.insert(n.get<std::string>());
+      const nlohmann::json rec = nlohmann::json::parse(record);  // (not a temporary in the range-for)
+      for (const auto& n : rec.at("layers")) names.insert(n.get<std::string>());
     } catch (const nlohmann::json::exception& e) {
       fail_usage_hint(fmt::format("config.json dsk_sparsity of '{}' is malformed: {}", cfg.get_string(hooks.model_key),
                                   e.what()),
@@ -711,6 +712,7 @@ int Trainer::run() {
   }
   if (!main_rank) return 0;
   save_final(step);
+  for (auto& [k, v] : summary_extra.items()) summary[k] = v;
   summary["elapsed_s"] = elapsed;
   summary["output_dir"] = out.string();
   std::printf("%s\n", summary.dump().c_str());

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <memory>
@@ -103,6 +104,7 @@ struct Trainer {
   std::optional<double> eval_nll_before;  // kept in state.json so a resumed run still reports it
   int64_t grad_accum = 1;
   stdfs::path out;
+  nlohmann::ordered_json summary_extra = nlohmann::ordered_json::object();  // added to the stdout summary
 
   Trainer(const config::Config& c, TrainHooks h = {}) : cfg(c), hooks(std::move(h)) {}
 
