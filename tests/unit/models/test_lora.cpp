@@ -6,6 +6,7 @@
 #include <set>
 
 #include "models/lora.h"
+#include "models/quantized.h"
 #include "models_test_util.h"
 #include "test_util.h"
 
@@ -197,4 +198,54 @@ TEST_CASE("adapter_config.json as PEFT writes it, and back", "[lora][peft]") {
   auto e = error_of([&] { lora_spec_from_peft_config(j); });
   CHECK(e.kind() == Error::Kind::Usage);
   CHECK(e.message() == "PEFT adapter uses DoRA, which dsk does not implement");
+}
+
+TEST_CASE("a sparsity mask keeps pruned weights zero through LoRA training and merging", "[lora][sparsity]") {
+  Llama m = random_model(tiny_config(RopeStyle::Half, /*tied=*/false, /*bias=*/false), 31);
+  at::Tensor tokens = random_tokens(2, 9, 61, 32);
+  // prune half of every linear layer's weights (a fixed random mask) and record the masks
+  std::vector<std::pair<dsk::models::LoraLinearImpl*, at::Tensor>> masks;
+  {
+    at::NoGradGuard no_grad;
+    at::manual_seed(33);
+    for (auto& [name, lin] : dsk::models::linear_layers(m)) {
+      if (name == "lm_head") continue;  // all-linear adapts the decoder layers only
+      at::Tensor keep = at::rand(lin->weight.sizes()).gt(0.5);
+      lin->weight.mul_(keep);
+      lin->set_sparsity_mask(keep);
+      masks.emplace_back(lin, keep);
+    }
+  }
+  LoraSpec spec;
+  spec.target_modules = {"all-linear"};
+  spec.r = 4;
+  apply_lora(m, spec);
+  randomize_lora(m, 34, 0.05);
+  at::Tensor masked_logits;
+  {
+    at::NoGradGuard no_grad;
+    masked_logits = m->forward(tokens);
+  }
+  // the forward equals a model whose weights are W + keep * scale * BA, computed by hand
+  Llama ref = random_model(tiny_config(RopeStyle::Half, false, false), 31);
+  {
+    at::NoGradGuard no_grad;
+    auto ref_layers = dsk::models::linear_layers(ref);  // the same order; lm_head last
+    for (size_t i = 0; i < masks.size(); ++i) {
+      auto* lin = masks[i].first;
+      at::Tensor delta = at::mm(lin->lora_B(), lin->lora_A()).mul(lin->lora_scale()).mul(masks[i].second);
+      ref_layers[i].second->weight.copy_(lin->weight + delta);
+    }
+    CHECK(max_abs_diff(ref->forward(tokens), masked_logits) < 1e-5);
+  }
+  // gradients of the adapters flow; merging keeps the zeros exactly and the logits
+  at::Tensor loss = m->forward(tokens).pow(2).mean();
+  loss.backward();
+  CHECK(masks[0].first->lora_A().grad().defined());
+  merge_lora(m);
+  at::NoGradGuard no_grad;
+  for (auto& [lin, keep] : masks) CHECK(at::equal(lin->weight.ne(0), keep));
+  CHECK(max_abs_diff(m->forward(tokens), masked_logits) < 1e-5);
+  // a mask of the wrong shape is refused
+  CHECK_THROWS_AS(masks[0].first->set_sparsity_mask(at::ones({2, 2}, at::kBool)), dsk::Error);
 }

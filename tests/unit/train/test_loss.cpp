@@ -169,3 +169,50 @@ TEST_CASE("distill_loss: KL, reverse KL and JS against float64 formulas, masking
   CHECK(e.hint().find("forward_kl") != std::string::npos);
   CHECK(e.exit_code() == 2);
 }
+
+TEST_CASE("distill_loss_topk: the divergence over the teacher's top-k tokens, both renormalized", "[loss][distill]") {
+  at::manual_seed(6);
+  at::Tensor s = at::randn({2, 3, 9}, at::kDouble), t = at::randn({2, 3, 9}, at::kDouble);
+  at::Tensor targets = at::tensor({1, -100, 3, 0, 5, -100}, at::kLong).view({2, 3});
+  at::Tensor keep = targets.reshape({-1}).ne(-100);
+  const int64_t k = 4;
+  const double T = 2.0;
+  auto [values, indices] = at::topk(t, k, -1);
+  // float64 reference: gather both at the teacher's indices, softmax over the k, forward KL
+  at::Tensor sk = s.gather(-1, indices).reshape({-1, k}) / T, tk = values.reshape({-1, k}) / T;
+  at::Tensor ps = at::softmax(sk, -1), pt = at::softmax(tk, -1);
+  const double fwd = (pt * (pt.log() - ps.log())).sum(-1).masked_select(keep).mean().item<double>() * T * T;
+  const double rev = (ps * (ps.log() - pt.log())).sum(-1).masked_select(keep).mean().item<double>() * T * T;
+  using dsk::train::Divergence;
+  auto got = [&](Divergence d) {
+    return dsk::train::distill_loss_topk(s.to(at::kFloat), values.to(at::kFloat), indices, targets, d, T);
+  };
+  CHECK(got(Divergence::ForwardKL).count == 4);
+  CHECK(got(Divergence::ForwardKL).loss.item<double>() == Approx(fwd).epsilon(1e-5));
+  CHECK(got(Divergence::ReverseKL).loss.item<double>() == Approx(rev).epsilon(1e-5));
+  // k = V: the full-vocabulary loss
+  auto [all_v, all_i] = at::topk(t, 9, -1);
+  CHECK(dsk::train::distill_loss_topk(s.to(at::kFloat), all_v.to(at::kFloat), all_i, targets).loss.item<double>() ==
+        Approx(dsk::train::distill_loss(s.to(at::kFloat), t.to(at::kFloat), targets).loss.item<double>()).epsilon(1e-5));
+}
+
+TEST_CASE("hidden_state_loss: MSE and cosine distance over the scored positions", "[loss][distill]") {
+  at::manual_seed(7);
+  at::Tensor s = at::randn({2, 3, 5}, at::kDouble), t = at::randn({2, 3, 5}, at::kDouble);
+  at::Tensor targets = at::tensor({1, -100, 3, 0, 5, -100}, at::kLong).view({2, 3});
+  at::Tensor keep = targets.reshape({-1}).ne(-100);
+  at::Tensor S = s.reshape({-1, 5}), Tt = t.reshape({-1, 5});
+  const double mse = (S - Tt).pow(2).mean(-1).masked_select(keep).mean().item<double>();
+  const double cos = (1 - (S * Tt).sum(-1) / (S.norm(2, -1) * Tt.norm(2, -1))).masked_select(keep).mean().item<double>();
+  using dsk::train::HiddenLoss;
+  auto r = dsk::train::hidden_state_loss(s.to(at::kFloat), t.to(at::kFloat), targets, HiddenLoss::MSE);
+  CHECK(r.count == 4);
+  CHECK(r.loss.item<double>() == Approx(mse).epsilon(1e-5));
+  CHECK(dsk::train::hidden_state_loss(s.to(at::kFloat), t.to(at::kFloat), targets, HiddenLoss::Cosine).loss.item<double>() ==
+        Approx(cos).epsilon(1e-5));
+  // the cosine distance ignores scale, MSE does not
+  CHECK(dsk::train::hidden_state_loss((3 * s).to(at::kFloat), t.to(at::kFloat), targets, HiddenLoss::Cosine)
+            .loss.item<double>() == Approx(cos).epsilon(1e-5));
+  CHECK(dsk::train::hidden_loss_from("cosine") == HiddenLoss::Cosine);
+  CHECK(dsk::test::error_of([] { dsk::train::hidden_loss_from("l1"); }).exit_code() == 2);
+}
