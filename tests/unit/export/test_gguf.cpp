@@ -6,6 +6,8 @@
 #include "export/gguf.h"
 #include "models/loader.h"
 #include "quant/pack.h"
+#include "quant/qlinear.h"
+#include "models/llama2c.h"
 #include "quant/quantize.h"
 
 #include <cmath>
@@ -376,5 +378,106 @@ TEST_CASE("gguf: stories260K export has llama.cpp's metadata, vocabulary and ten
   for (const char* name : {"blk.2.attn_q.weight", "blk.1.attn_k.weight", "blk.0.ffn_down.weight"}) {
     INFO(name);
     CHECK(fh.tensor_bytes(fh.tensor(name), 2048) == ff.tensor_bytes(ff.tensor(name), 2048));
+  }
+}
+
+TEST_CASE("gguf: a byte-level BPE tokenizer exports as tokenizer.ggml.model gpt2 with merges and pre", "[export][gguf]") {
+  auto tok = dsk::tok::load_tokenizer(dsk::test::data_path("gpt2_vocab.json"));
+  dsk::models::LlamaConfig c;
+  c.hidden_size = 32;
+  c.intermediate_size = 64;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 50264;  // padded beyond the tokenizer's 50257
+  c.max_position_embeddings = 64;
+  c.tie_word_embeddings = false;
+  dsk::models::LoadedModel lm;
+  lm.config = c;
+  lm.model = dsk::models::Llama(c);
+  gguf::ExportReport rep;
+  File f = parse(gguf::build_llama(lm, *tok, {TensorType::Q4_0, "tiny"}, &rep).serialize());
+  CHECK(f.kv["tokenizer.ggml.model"].s == "gpt2");
+  CHECK(f.kv["tokenizer.ggml.pre"].s == "gpt-2");
+  REQUIRE(f.kv["tokenizer.ggml.tokens"].arr.size() == 50264);
+  CHECK(f.kv["tokenizer.ggml.tokens"].arr[15496].s == "Hello");
+  CHECK(f.kv["tokenizer.ggml.tokens"].arr[50260].s == "[PAD50260]");
+  CHECK(f.kv["tokenizer.ggml.token_type"].arr[50260].i == 5);
+  REQUIRE(f.kv["tokenizer.ggml.merges"].arr.size() == 50000);
+  CHECK(f.kv["tokenizer.ggml.merges"].arr[0].s == "Ġ t");  // the first line of merges.txt
+  CHECK(f.kv.count("tokenizer.ggml.scores") == 0);
+  CHECK(f.tensor("output.weight").type == 2);  // untied classifier, Q4_0
+  CHECK(f.tensor("output.weight").ne == std::vector<uint64_t>{32, 50264});
+  CHECK(rep.warnings.empty());
+  // a tokenizer larger than the model's vocabulary is refused
+  c.vocab_size = 1000;
+  dsk::models::LoadedModel small;
+  small.config = c;
+  small.model = dsk::models::Llama(c);
+  CHECK(dsk::test::error_of([&] { gguf::build_llama(small, *tok, {TensorType::F16, ""}); }).exit_code() == 2);
+}
+
+TEST_CASE("gguf: quantized layers of a Half model export as permuted exact blocks, or are refused with the reason",
+          "[export][gguf]") {
+  auto tok = dsk::tok::load_tokenizer(dsk::test::data_path("tok512.model"));
+  dsk::models::LlamaConfig c;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.vocab_size = 512;
+  c.max_position_embeddings = 64;
+  c.rope_style = dsk::models::RopeStyle::Half;
+  at::manual_seed(11);
+  auto make = [&](const dsk::quant::Scheme& s) {
+    dsk::models::LoadedModel lm;
+    lm.config = c;
+    lm.model = dsk::models::Llama(c);
+    auto& q_proj = lm.model->model->layers[0]->self_attn->q_proj;
+    q_proj->set_quantized(dsk::quant::make_qlinear(dsk::quant::quantize_rtn(q_proj->weight.detach(), s)));
+    return lm;
+  };
+  {
+    auto lm = make({4, 32, true});
+    const auto& qw = lm.model->model->layers[0]->self_attn->q_proj->quantized()->weight;
+    at::Tensor expect = dsk::models::permute_rope_rows(dsk::quant::dequantize(qw), 4, dsk::models::RopeStyle::Interleaved);
+    gguf::ExportReport rep;
+    File f = parse(gguf::build_llama(lm, *tok, {TensorType::Q4_0, ""}, &rep).serialize());
+    const auto& t = f.tensor("blk.0.attn_q.weight");
+    CHECK(t.type == 2);
+    at::Tensor got = at::from_blob(gguf::decode(TensorType::Q4_0, f.tensor_bytes(t, 64 * 64 / 32 * 18), 64 * 64).data(),
+                                   {64, 64}, at::kFloat)
+                         .clone();
+    CHECK(at::equal(got, expect));
+    bool noted = false;
+    for (const auto& r : rep.tensors) noted |= r.name == "blk.0.attn_q.weight" && r.note.find("exact") != std::string::npos;
+    CHECK(noted);
+    // dequantized for float types
+    File ff = parse(gguf::build_llama(lm, *tok, {TensorType::F32, ""}).serialize());
+    std::string b = ff.tensor_bytes(ff.tensor("blk.0.attn_q.weight"), 64 * 64 * 4);
+    CHECK(std::memcmp(b.data(), expect.contiguous().data_ptr<float>(), b.size()) == 0);
+  }
+  for (const auto& [scheme, why] : std::vector<std::pair<dsk::quant::Scheme, std::string>>{
+           {{4, 32, false}, "asymmetric"}, {{4, 0, true}, "per-channel"}, {{4, 64, true}, "groups of 64"}}) {
+    auto lm = make(scheme);
+    auto e = dsk::test::error_of([&] { gguf::build_llama(lm, *tok, {TensorType::Q4_0, ""}); });
+    CHECK(e.exit_code() == 2);
+    CHECK_THAT(e.line(), Catch::Matchers::Contains(why) && Catch::Matchers::Contains("export.dtype f16"));
+  }
+  {
+    auto lm = make({8, 32, true});
+    auto e = dsk::test::error_of([&] { gguf::build_llama(lm, *tok, {TensorType::Q4_0, ""}); });
+    CHECK_THAT(e.line(), Catch::Matchers::Contains("8-bit codes do not fit Q4_0"));
+    CHECK_NOTHROW(gguf::build_llama(lm, *tok, {TensorType::Q8_0, ""}));
+  }
+  {  // an unmerged LoRA adapter
+    dsk::models::LoadedModel lm;
+    lm.config = c;
+    lm.model = dsk::models::Llama(c);
+    lm.model->model->layers[0]->mlp->up_proj->attach_lora(4, 2.0, 0.0);
+    auto e = dsk::test::error_of([&] { gguf::build_llama(lm, *tok, {TensorType::F16, ""}); });
+    CHECK(e.exit_code() == 2);
+    CHECK_THAT(e.line(), Catch::Matchers::Contains("LoRA"));
   }
 }
