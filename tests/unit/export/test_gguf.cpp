@@ -382,7 +382,7 @@ TEST_CASE("gguf: stories260K export has llama.cpp's metadata, vocabulary and ten
 }
 
 TEST_CASE("gguf: a byte-level BPE tokenizer exports as tokenizer.ggml.model gpt2 with merges and pre", "[export][gguf]") {
-  auto tok = dsk::tok::load_tokenizer(dsk::test::data_path("gpt2_vocab.json"));
+  auto tok = dsk::tok::load_gpt2_tokenizer(dsk::test::data_path("gpt2_vocab.json"), dsk::test::data_path("gpt2_merges.txt"));
   dsk::models::LlamaConfig c;
   c.hidden_size = 32;
   c.intermediate_size = 64;
