@@ -122,7 +122,8 @@ TEST_CASE("export: Q8_0 and Q4_0 files (down_proj kept F16) load and generate in
   }
 }
 
-TEST_CASE("export: a dsk quantize int8 g32 checkpoint maps into Q8_0 blocks and runs in llama.cpp", "[stages][export]") {
+TEST_CASE("export: a dsk quantize int8 g32 checkpoint maps into Q8_0 blocks and runs in llama.cpp, dequantized F32 equals dsk",
+          "[stages][export]") {
   node_llama_cpp_dir();
   fs::path dir = dsk::test::scratch_dir("export-from-quantized");
   auto q = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " quantize configs/stories260k/quantize-int4-gptq.yaml output_dir=" +
@@ -143,6 +144,14 @@ TEST_CASE("export: a dsk quantize int8 g32 checkpoint maps into Q8_0 blocks and 
   WARN("int8 g32 checkpoint as Q8_0: first " << common_prefix(text, story) << " of " << story.size()
                                              << " characters equal dsk generate on the same checkpoint");
   CHECK(text.rfind("Once upon a time", 0) == 0);
+  // The same Half-layout checkpoint dequantized to F32: q/k rows permuted back to llama.cpp's
+  // interleaved layout, so llama.cpp's greedy text equals dsk's on that checkpoint exactly.
+  fs::path out32 = dir / "q8-dequantized-f32.gguf";
+  auto r32 = export_gguf(out32, "model.path=" + (dir / "q8" / "model").string() + " export.dtype=f32");
+  INFO(r32.err);
+  REQUIRE(r32.exit_code == 0);
+  CHECK_THAT(r32.err, Contains("dequantized from int8 g32 sym"));
+  CHECK(trimmed(llama_cpp(out32)["generated_text"].get<std::string>()) == story);
   // an asymmetric checkpoint has zero points Q8_0 cannot hold: refused with the reason, exit 2
   auto qa = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " quantize configs/stories260k/quantize-int4-gptq.yaml output_dir=" +
                                        (dir / "q4a").string() +
