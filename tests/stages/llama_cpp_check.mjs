@@ -1,14 +1,16 @@
 // Loads a GGUF file in llama.cpp (node-llama-cpp, prebuilt CPU binary), tokenizes a text and
 // greedy-generates from BOS; prints one JSON line for tests/stages/test_export.cpp to compare with
 // dsk. Usage:
-//   node llama_cpp_check.mjs NODE_LLAMA_CPP_DIR MODEL.gguf TEXT MAX_NEW_TOKENS
+//   node llama_cpp_check.mjs NODE_LLAMA_CPP_DIR MODEL.gguf TEXT MAX_NEW_TOKENS [CASES.inp]
+// CASES.inp (optional): llama.cpp's tokenizer conformance inputs (entries each followed by
+// "\n__ggml_vocab_test__\n"); their ids go to "ids_many", one list per entry.
 // NODE_LLAMA_CPP_DIR holds node_modules/node-llama-cpp (scripts/setup installs it under
 // .cache/node-llama-cpp). Exit 3 when the package is missing there, 1 on any llama.cpp failure.
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [dir, modelPath, text, maxArg] = process.argv.slice(2);
+const [dir, modelPath, text, maxArg, casesPath] = process.argv.slice(2);
 if (!dir || !modelPath || text === undefined) {
   console.error("usage: node llama_cpp_check.mjs NODE_LLAMA_CPP_DIR MODEL.gguf TEXT [MAX_NEW_TOKENS]");
   process.exit(2);
@@ -38,6 +40,14 @@ if (maxNew > 0) {
     if (generated.length >= maxNew) break;
   }
 }
+let idsMany;
+if (casesPath) {
+  const sep = "\n__ggml_vocab_test__\n";
+  const all = readFileSync(casesPath, "utf8");
+  const entries = all.split(sep);
+  entries.pop();  // what follows the last separator (empty)
+  idsMany = entries.map((e) => Array.from(model.tokenize(e)));
+}
 const out = {
   ids,
   bos,
@@ -45,6 +55,7 @@ const out = {
   generated,
   generated_text: model.detokenize(generated),
   file_type: model.fileInfo?.metadata?.general?.file_type,
+  ids_many: idsMany,
 };
 console.log(JSON.stringify(out));
 await context.dispose();

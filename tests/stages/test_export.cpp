@@ -5,8 +5,11 @@
 // input is refused with exit 2. A missing node-llama-cpp fails these tests, it never skips them.
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include <ATen/ATen.h>
+
+#include "models/loader.h"
 
 #include "stage_util.h"
 #include "test_util.h"
@@ -40,9 +43,10 @@ dsk::test::CmdResult export_gguf(const fs::path& out, const std::string& overrid
                                     out.string() + " threads=2 " + overrides));
 }
 
-json llama_cpp(const fs::path& gguf, int max_new = kNewTokens) {
+json llama_cpp(const fs::path& gguf, int max_new = kNewTokens, const std::string& cases = "") {
   auto r = run_cmd("node " + dsk::test::src("tests/stages/llama_cpp_check.mjs") + " " + quote(node_llama_cpp_dir()) +
-                   " " + quote(gguf.string()) + " " + quote(kSentence) + " " + std::to_string(max_new));
+                   " " + quote(gguf.string()) + " " + quote(kSentence) + " " + std::to_string(max_new) +
+                   (cases.empty() ? "" : " " + quote(cases)));
   INFO("node stderr: " << r.err);
   REQUIRE(r.exit_code == 0);
   return json::parse(r.out);
@@ -192,4 +196,45 @@ TEST_CASE("export: bad input (unsupported dtype or format, existing output) exit
   CHECK(dsk::test::slurp(existing).substr(0, 4) == "GGUF");
   for (const auto& e : fs::directory_iterator(dir))  // no temporary left behind
     CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
+TEST_CASE("export: a GPT-2 byte-level BPE vocabulary tokenizes in llama.cpp as llama.cpp's own conformance ids",
+          "[stages][export]") {
+  node_llama_cpp_dir();
+  fs::path dir = dsk::test::scratch_dir("export-bpe");
+  // a small random Llama over GPT-2's 50,257 tokens, with vocab.json + merges.txt beside it
+  {
+    dsk::models::LlamaConfig c;
+    c.hidden_size = 32;
+    c.intermediate_size = 64;
+    c.num_hidden_layers = 1;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.vocab_size = 50257;
+    c.max_position_embeddings = 128;
+    c.tie_word_embeddings = true;
+    dsk::models::Llama m(c);
+    dsk::models::save_model_hf((dir / "gpt2-llama").string(), m, {});
+    fs::copy_file(dsk::test::data_path("gpt2_vocab.json"), dir / "gpt2-llama" / "vocab.json");
+    fs::copy_file(dsk::test::data_path("gpt2_merges.txt"), dir / "gpt2-llama" / "merges.txt");
+  }
+  fs::path out = dir / "gpt2.gguf";
+  auto r = export_gguf(out, "model.path=" + (dir / "gpt2-llama").string() + " ~tokenizer.path export.dtype=f16");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  json got = llama_cpp(out, 0, dsk::test::data_path("ggml-vocab-gpt-2.gguf.inp"));
+  std::istringstream lines(dsk::test::slurp(dsk::test::data_path("ggml-vocab-gpt-2.gguf.out")));
+  const auto& many = got["ids_many"];
+  size_t i = 0, equal = 0;
+  for (std::string line; std::getline(lines, line); ++i) {
+    REQUIRE(i < many.size());
+    std::vector<int> expect;
+    std::istringstream ids(line);
+    for (int id; ids >> id;) expect.push_back(id);
+    INFO("entry " << i);
+    CHECK(many[i].get<std::vector<int>>() == expect);
+    equal += many[i].get<std::vector<int>>() == expect;
+  }
+  CHECK(i == many.size());
+  WARN("GPT-2 BPE in llama.cpp: " << equal << " of " << i << " conformance entries give the expected ids");
 }
