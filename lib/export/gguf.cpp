@@ -593,13 +593,18 @@ Writer build_llama(models::LoadedModel& lm, const tok::Tokenizer& tok, const Exp
     rep.warnings.push_back("Mistral's sliding window is not written (dsk does not implement it either)");
   add_tokenizer(w, tok, c.vocab_size, rep.warnings);
 
-  auto add_float = [&](const std::string& gname, at::Tensor t, TensorType requested, std::string note) {
+  // rope_heads > 0: rows permuted from Half to Interleaved with that many heads, when written.
+  auto add_float = [&](const std::string& gname, at::Tensor t, TensorType requested, std::string note,
+                       int64_t rope_heads = 0) {
     std::string why;
     std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
     TensorType type = storage_type(requested, t.sizes(), &why);
     if (requested == opt.dtype && !why.empty()) note = note.empty() ? why : note + "; " + why;
     at::Tensor src = t.detach();
-    w.add_tensor(gname, shape, type, [src, type] { return encode_tensor(src, type); });
+    const int64_t heads = c.rope_style == models::RopeStyle::Half ? rope_heads : 0;
+    w.add_tensor(gname, shape, type, [src, type, heads] {
+      return encode_tensor(heads > 0 ? models::permute_rope_rows(src, heads, models::RopeStyle::Interleaved) : src, type);
+    });
     rep.tensors.push_back(TensorReport{gname, shape, type, note});
   };
 
@@ -607,10 +612,7 @@ Writer build_llama(models::LoadedModel& lm, const tok::Tokenizer& tok, const Exp
     const std::string gname = tensor_name(s.hf_name + ".weight");
     const quant::QLinear* ql = s.lin->quantized();
     if (!ql) {
-      at::Tensor W = s.lin->weight.detach();
-      if (s.rope_heads > 0 && c.rope_style == models::RopeStyle::Half)
-        W = models::permute_rope_rows(W, s.rope_heads, models::RopeStyle::Interleaved);
-      add_float(gname, W, opt.dtype, "");
+      add_float(gname, s.lin->weight, opt.dtype, "", s.rope_heads);
     } else {
       quant::QWeight q = ql->weight;
       if (ql->act != quant::ActMode::None)
@@ -628,32 +630,39 @@ Writer build_llama(models::LoadedModel& lm, const tok::Tokenizer& tok, const Exp
                           "export it dequantized (export.dtype f16 or f32), or export the full-precision model as "
                           "q8_0/q4_0, or quantize with quant.bits=8|4 quant.group_size=32 quant.symmetric=true "
                           "quant.act_order=false");
-        at::Tensor codes = q.q.to(at::kInt) - (1 << (q.bits - 1));
-        at::Tensor scales = q.scales.to(at::kFloat);
-        if (!at::equal(scales, scales.to(at::kHalf).to(at::kFloat)))
+        if (!at::equal(q.scales.to(at::kFloat), q.scales.to(at::kHalf).to(at::kFloat)))
           rep.warnings.push_back(fmt::format("{}: scales are not fp16 values; GGUF stores them rounded to fp16", s.hf_name));
-        if (s.rope_heads > 0 && c.rope_style == models::RopeStyle::Half) {
-          codes = models::permute_rope_rows(codes, s.rope_heads, models::RopeStyle::Interleaved);
-          scales = models::permute_rope_rows(scales, s.rope_heads, models::RopeStyle::Interleaved);
-        }
-        codes = codes.contiguous();
-        scales = scales.contiguous();
+        // Codes are widened and permuted only when the file is written (one layer at a time).
+        const int64_t heads = c.rope_style == models::RopeStyle::Half ? s.rope_heads : 0;
         const TensorType t = opt.dtype;
         std::vector<int64_t> shape = {q.out_features(), q.in_features()};
-        w.add_tensor(gname, shape, t, [codes, scales, t] { return encode_blocks_from_codes(codes, scales, t); });
+        w.add_tensor(gname, shape, t, [q, heads, t] {
+          at::Tensor codes = q.q.to(at::kInt) - (1 << (q.bits - 1));
+          at::Tensor scales = q.scales.to(at::kFloat);
+          if (heads > 0) {
+            codes = models::permute_rope_rows(codes, heads, models::RopeStyle::Interleaved);
+            scales = models::permute_rope_rows(scales, heads, models::RopeStyle::Interleaved);
+          }
+          return encode_blocks_from_codes(codes.contiguous(), scales.contiguous(), t);
+        });
         rep.tensors.push_back(TensorReport{gname, shape, t, "from " + scheme + " codes (exact)"});
       } else {
-        at::Tensor W = quant::dequantize(q);
-        if (s.rope_heads > 0 && c.rope_style == models::RopeStyle::Half)
-          W = models::permute_rope_rows(W, s.rope_heads, models::RopeStyle::Interleaved);
-        add_float(gname, W, opt.dtype, "dequantized from " + scheme);
+        // the dequantized matrix only exists while this tensor is written
+        std::string why;
+        const TensorType type = storage_type(opt.dtype, {q.out_features(), q.in_features()}, &why);
+        const int64_t heads = c.rope_style == models::RopeStyle::Half ? s.rope_heads : 0;
+        std::vector<int64_t> shape = {q.out_features(), q.in_features()};
+        w.add_tensor(gname, shape, type, [q, heads, type] {
+          at::Tensor W = quant::dequantize(q);
+          if (heads > 0) W = models::permute_rope_rows(W, heads, models::RopeStyle::Interleaved);
+          return encode_tensor(W, type);
+        });
+        rep.tensors.push_back(
+            TensorReport{gname, shape, type, "dequantized from " + scheme + (why.empty() ? "" : "; " + why)});
       }
     }
     if (s.lin->bias.defined()) {
-      at::Tensor b = s.lin->bias.detach();
-      if (s.rope_heads > 0 && c.rope_style == models::RopeStyle::Half)
-        b = models::permute_rope_rows(b, s.rope_heads, models::RopeStyle::Interleaved);
-      add_float(tensor_name(s.hf_name + ".bias"), b, TensorType::F32, "");
+      add_float(tensor_name(s.hf_name + ".bias"), s.lin->bias, TensorType::F32, "", s.rope_heads);
     }
   };
 
