@@ -42,6 +42,8 @@ const Command kCommands[] = {
      dsk::stages::prune_schema, dsk::stages::run_prune},
     {"distill", "distill a teacher into a student (KL/JS with temperature, hidden-state losses)",
      dsk::stages::distill_schema, dsk::stages::run_distill},
+    {"export", "export a model and its tokenizer for an inference engine (GGUF F32/F16/BF16/Q8_0/Q4_0 for llama.cpp)",
+     dsk::stages::export_schema, dsk::stages::run_export},
 };
 
 const Command* find_command(const std::string& name) {

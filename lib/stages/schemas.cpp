@@ -314,7 +314,29 @@ Schema make_prune_schema() {
   return s;
 }
 
+Schema make_export_schema() {
+  Schema s("export", "Export a model with its tokenizer for an inference engine (GGUF for llama.cpp).");
+  s.add_required("model.path", Type::Path,
+                 "Hugging Face model directory (also a dsk quantize model/) or llama2.c .bin checkpoint");
+  s.add("tokenizer.path", Type::Path, "~",
+        "tokenizer.model / tokenizer.json (default: the one inside the model directory)");
+  s.add("threads", Type::Int, "0", "CPU threads (0: all cores)");
+  s.add_enum("export.format", {"gguf"}, "gguf", "gguf: one file for llama.cpp (ONNX, HF and PEFT exports come later)");
+  s.add_enum("export.dtype", {"f32", "f16", "bf16", "q8_0", "q4_0"}, "f16",
+             "type of the 2-D tensors; 1-D ones are F32, rows not divisible by 32 fall back to F16 for q8_0/q4_0 "
+             "(docs/export.md)");
+  s.add("export.name", Type::String, "\"\"", "general.name in the file (default: the model's file/directory name)");
+  s.add("export.overwrite", Type::Bool, "false", "replace an existing output file");
+  s.add_required("output", Type::Path, "the file to write, e.g. runs/model.gguf (refused when it exists)");
+  return s;
+}
+
 }  // namespace
+
+const config::Schema& export_schema() {
+  static const Schema s = make_export_schema();
+  return s;
+}
 
 const config::Schema& prune_schema() {
   static const Schema s = make_prune_schema();

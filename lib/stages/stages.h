@@ -25,4 +25,7 @@ int run_distill(const config::Config& cfg);
 const config::Schema& prune_schema();
 int run_prune(const config::Config& cfg);
 
+const config::Schema& export_schema();
+int run_export(const config::Config& cfg);
+
 }  // namespace dsk::stages

@@ -39,6 +39,7 @@ class BpeTokenizer final : public Tokenizer {
   int32_t token_to_id(const std::string& token) const override;
   std::string id_to_token(int32_t id) const override;
   bool is_special(int32_t id) const override;
+  VocabularyExport export_vocabulary() const override;
 
  private:
   struct Merge {
@@ -292,6 +293,28 @@ std::string BpeTokenizer::id_to_token(int32_t id) const {
 bool BpeTokenizer::is_special(int32_t id) const {
   check_id(id);
   return special_[id];
+}
+
+VocabularyExport BpeTokenizer::export_vocabulary() const {
+  VocabularyExport v;
+  v.kind = VocabularyExport::Kind::ByteLevelBpe;
+  v.tokens = tokens_;
+  v.scores.assign(tokens_.size(), 0.0f);
+  v.types.assign(tokens_.size(), 1);
+  for (size_t i = 0; i < tokens_.size(); ++i)
+    if (tokens_[i].empty()) v.types[i] = 5;
+  for (const auto& a : added_) v.types[a.id] = a.special ? 3 : 4;
+  std::vector<std::pair<int32_t, std::string>> ranked;
+  ranked.reserve(merges_.size());
+  for (const auto& [key, m] : merges_) {
+    const auto a = static_cast<int32_t>(key >> 32), b = static_cast<int32_t>(key & 0xffffffffu);
+    ranked.emplace_back(m.rank, tokens_[a] + " " + tokens_[b]);
+  }
+  std::sort(ranked.begin(), ranked.end());
+  for (auto& r : ranked) v.merges.push_back(std::move(r.second));
+  v.unk_id = unk_;
+  v.split_patterns = pre_.patterns();
+  return v;
 }
 
 }  // namespace

@@ -69,4 +69,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path) {
                   "use a *.model (SentencePiece) or *.json (Hugging Face tokenizer.json) file");
 }
 
+VocabularyExport Tokenizer::export_vocabulary() const {
+  fail("this tokenizer cannot list its vocabulary for export (only SentencePiece and byte-level BPE can)");
+}
+
 }  // namespace dsk::tok

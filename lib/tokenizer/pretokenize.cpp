@@ -69,6 +69,13 @@ void PreTokenizer::add_split(std::shared_ptr<const Regex> regex, SplitBehavior b
 
 void PreTokenizer::add_prefix_space() { steps_.push_back(Step{}); }
 
+std::vector<std::string> PreTokenizer::patterns() const {
+  std::vector<std::string> out;
+  for (const Step& s : steps_)
+    if (s.regex) out.push_back(s.regex->pattern());
+  return out;
+}
+
 namespace {
 
 struct Segment {

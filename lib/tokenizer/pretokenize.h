@@ -53,6 +53,8 @@ class PreTokenizer {
   void add_prefix_space();
   // Splits valid UTF-8 text into words (never empty ones), appended to words.
   void split(std::string_view text, std::vector<std::string>& words) const;
+  // The regex (or literal) patterns of the Split steps, in order (for exporters).
+  std::vector<std::string> patterns() const;
 
  private:
   struct Step {

@@ -214,6 +214,19 @@ class SentencePieceTokenizer final : public Tokenizer {
     return pieces_[id].type == kControl;
   }
 
+  VocabularyExport export_vocabulary() const override {
+    VocabularyExport v;
+    v.kind = VocabularyExport::Kind::SentencePiece;
+    for (const Piece& p : pieces_) {
+      v.tokens.push_back(p.text);
+      v.scores.push_back(p.score);
+      v.types.push_back(p.type);
+    }
+    v.unk_id = unk_id_;
+    v.add_dummy_prefix = add_dummy_prefix_;
+    return v;
+  }
+
  private:
   void parse(const std::string& data) {
     Reader r{reinterpret_cast<const uint8_t*>(data.data()), reinterpret_cast<const uint8_t*>(data.data()) + data.size(),

@@ -16,6 +16,21 @@
 
 namespace dsk::tok {
 
+// The whole vocabulary as a format converter needs it (GGUF's tokenizer.ggml.* keys, docs/export.md).
+struct VocabularyExport {
+  enum class Kind { SentencePiece, ByteLevelBpe };
+  Kind kind = Kind::SentencePiece;
+  std::vector<std::string> tokens;  // id -> piece text as stored ("▁Once", "<0x0A>", "ĠHello"); "" unassigned
+  std::vector<float> scores;        // id -> score (SentencePiece; BPE: 0)
+  // id -> SentencePiece piece type: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+  // (BPE: special added tokens 3, other added tokens 4, unassigned ids 5, the rest 1).
+  std::vector<int32_t> types;
+  std::vector<std::string> merges;  // BPE: "left right" in rank order; SentencePiece: empty
+  int32_t unk_id = -1;
+  bool add_dummy_prefix = false;    // SentencePiece: a space is prepended to the text
+  std::vector<std::string> split_patterns;  // BPE: the pre-tokenizer's regexes, in order
+};
+
 class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
@@ -38,6 +53,9 @@ class Tokenizer {
   virtual std::string id_to_token(int32_t id) const = 0;
   // True for control / special tokens (BOS, EOS, "<|eot_id|>"): stop or skip them when generating.
   virtual bool is_special(int32_t id) const = 0;
+  // Every piece with its score and type, and the BPE merges (for exporters). The default is a
+  // runtime error: a tokenizer kind without it cannot be exported.
+  virtual VocabularyExport export_vocabulary() const;
 };
 
 // Loads by file type: "*.model" -> SentencePiece, "*.json" -> BPE (tokenizer.json, or a GPT-2
