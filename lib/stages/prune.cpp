@@ -82,10 +82,6 @@ double wg(const at::Tensor& w, const at::Tensor& g) {
   return (w.detach().to(at::kDouble) * g.to(at::kDouble)).sum().item<double>();
 }
 
-struct Importance {
-  std::vector<at::Tensor> per_layer;  // [units] float64 per layer (layers: one [L] tensor)
-};
-
 }  // namespace
 
 int run_prune(const config::Config& cfg) {

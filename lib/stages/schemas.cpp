@@ -147,13 +147,6 @@ void add_scheme_keys(Schema& s, const std::string& p) {
   s.add(p + ".exclude", Type::StringList, "[lm_head]", "linear layers kept in full precision (embeddings always are)");
 }
 
-// Pruned models: whether training keeps their zeros (finetune, distill).
-void add_sparsity_keys(Schema& s) {
-  s.add_enum("sparsity.keep", {"auto", "true", "false"}, "auto",
-             "keep pruned weights at zero (auto: when config.json has dsk_sparsity, as dsk prune writes; true: the "
-             "exact zeros of every linear layer; false: let them fill in)");
-}
-
 // The training loop's keys (stages/trainer.h), shared by finetune and distill.
 void add_training_keys(Schema& s) {
   s.add_required("output_dir", Type::Path, "everything the run writes goes here");
