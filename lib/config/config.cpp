@@ -485,10 +485,11 @@ Resolved resolve(const Schema& schema, const std::string& file, const YAML::Node
   }
   for (const auto& spec : schema.keys()) {
     if (spec.when_key.empty()) continue;
-    const auto& v = r.values[spec.key];
-    if (!v.explicit_set) continue;
+    auto& v = r.values[spec.key];
     const auto& sel = r.values[spec.when_key];
-    if (std::find(spec.when_values.begin(), spec.when_values.end(), sel.scalar) == spec.when_values.end()) {
+    v.applies = std::find(spec.when_values.begin(), spec.when_values.end(), sel.scalar) != spec.when_values.end();
+    if (!v.explicit_set) continue;
+    if (!v.applies) {
       std::string valid;
       for (size_t i = 0; i < spec.when_values.size(); ++i) valid += (i ? " or " : "") + spec.when_values[i];
       ld.error(v.where, "'" + spec.key + "' applies only when " + spec.when_key + " is " + valid + " (it is " +
@@ -623,7 +624,9 @@ std::string Config::to_yaml() const {
     return parts;
   };
   // Group keys by section so each section is emitted once even if the schema interleaves.
-  std::vector<std::string> keys = order_;
+  std::vector<std::string> keys;
+  for (const auto& k : order_)
+    if (values_.at(k).applies) keys.push_back(k);
   std::stable_sort(keys.begin(), keys.end(), [&](const std::string& a, const std::string& b) {
     auto first = [&](const std::string& k) {
       std::string top = split(k)[0];

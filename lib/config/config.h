@@ -83,6 +83,7 @@ class Config {
     std::string scalar;             // Bool/Int/Float/String/Path/Enum, canonical text
     std::vector<std::string> list;  // StringList/FloatList
     bool explicit_set = false;      // from the file or an override, not a default
+    bool applies = true;            // false: a component key whose when_key selects another component
     Location where;
   };
 
@@ -100,7 +101,8 @@ class Config {
   // All keys under "section." with a value: {"lr": "0.0003", ...} as canonical text.
   std::map<std::string, std::string> section(const std::string& prefix) const;
 
-  // Resolved config as nested YAML (every key, defaults included, schema order).
+  // Resolved config as nested YAML (every key that applies, defaults included, schema order):
+  // loading it again with the same schema gives the same config.
   std::string to_yaml() const;
   // Short hex digest of to_yaml(), recorded in artifacts' metadata.
   std::string hash() const;

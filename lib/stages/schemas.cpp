@@ -308,19 +308,33 @@ Schema make_prune_schema() {
 }
 
 Schema make_export_schema() {
-  Schema s("export", "Export a model with its tokenizer for an inference engine (GGUF for llama.cpp).");
+  Schema s("export",
+           "Export a model with its tokenizer: GGUF (llama.cpp), ONNX, a Hugging Face directory or a PEFT adapter.");
   s.add_required("model.path", Type::Path,
-                 "Hugging Face model directory (also a dsk quantize model/) or llama2.c .bin checkpoint");
+                 "a model (HF directory, llama2.c .bin, dsk quantize model/), a dsk run output directory, one of its "
+                 "checkpoints/step-N, or a PEFT adapter directory (docs/export.md)");
+  s.add("model.adapter", Type::Path, "~", "a PEFT adapter directory applied to model.path (merged unless format peft)");
+  s.add("model.base", Type::Path, "~",
+        "the base model of a run, checkpoint or adapter, replacing the path it recorded");
   s.add("tokenizer.path", Type::Path, "~",
         "tokenizer.model / tokenizer.json (default: the one inside the model directory)");
   s.add("threads", Type::Int, "0", "CPU threads (0: all cores)");
-  s.add_enum("export.format", {"gguf"}, "gguf", "gguf: one file for llama.cpp (ONNX, HF and PEFT exports come later)");
-  s.add_enum("export.dtype", {"f32", "f16", "bf16", "q8_0", "q4_0"}, "f16",
-             "type of the 2-D tensors; 1-D ones are F32, rows not divisible by 32 fall back to F16 for q8_0/q4_0 "
-             "(docs/export.md)");
-  s.add("export.name", Type::String, "\"\"", "general.name in the file (default: the model's file/directory name)");
-  s.add("export.overwrite", Type::Bool, "false", "replace an existing output file");
-  s.add_required("output", Type::Path, "the file to write, e.g. runs/model.gguf (refused when it exists)");
+  s.add_enum("export.format", {"gguf", "onnx", "hf", "peft"}, "gguf",
+             "gguf: one file for llama.cpp; onnx: an ONNX model; hf: a Hugging Face directory (LoRA merged); peft: "
+             "the LoRA adapter alone");
+  s.add_enum("export.dtype", {"auto", "f32", "f16", "bf16", "q8_0", "q4_0"}, "auto",
+             "gguf: 2-D tensors' type, 1-D ones F32, rows not divisible by 32 F16 for q8_0/q4_0 (auto: f16); onnx: "
+             "f32|f16 (auto: f32); hf/peft: f32|f16|bf16 (auto: the source's, peft f32)");
+  s.add("export.shard_mb", Type::Float, "5000", "hf: largest model-*.safetensors shard in MiB (0: one file)");
+  s.add("export.onnx.opset", Type::Int, "17", "onnx: the default-domain opset (17 or above)");
+  s.add("export.onnx.kv_cache", Type::Bool, "false",
+        "onnx: past_key_values.N.key/value inputs and present.N.key/value outputs for incremental decoding");
+  s.add_enum("export.onnx.external_data", {"auto", "true", "false"}, "auto",
+             "onnx: weights in OUTPUT.data beside the model (auto: when the model exceeds 2 GiB, protobuf's limit)");
+  s.add("export.name", Type::String, "\"\"", "gguf: general.name (default: the model's file/directory name)");
+  s.add("export.overwrite", Type::Bool, "false", "replace an existing output (only once the new one is complete)");
+  s.add_required("output", Type::Path,
+                 "gguf/onnx: the file to write (runs/model.gguf); hf/peft: the directory (refused when it exists)");
   return s;
 }
 

@@ -131,6 +131,15 @@ TEST_CASE("resolved YAML round-trips to the same config", "[config]") {
   CHECK(other.hash() != c.hash());
 }
 
+TEST_CASE("resolved YAML leaves out the keys of components not selected, so it loads again", "[config]") {
+  auto c = load("model: {path: /m}\n");  // optim.name defaults to adamw: optim.momentum does not apply
+  std::string y = c.to_yaml();
+  CHECK_THAT(y, !Contains("momentum"));
+  auto again = load(y);  // a resolved config.yaml is itself a valid config
+  CHECK(again.to_yaml() == y);
+  CHECK(load("model: {path: /m}\noptim: {name: sgd}\n").to_yaml().find("momentum: 0.9") != std::string::npos);
+}
+
 TEST_CASE("missing config file is a usage error naming it", "[config]") {
   try {
     dsk::config::load_config(demo_schema(), "/nonexistent/cfg.yaml", {});
