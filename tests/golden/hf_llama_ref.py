@@ -18,7 +18,12 @@ What it follows (transformers' modeling_llama):
   classifier     lm_head.weight, or embed_tokens.weight when tie_word_embeddings
 Only what dsk's golden test needs: no rope_scaling, no sliding window.
 
-usage: hf_llama_ref.py --model DIR --tokens 1,2,3 --out FILE [--threads N]
+--adapter DIR applies a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors) the
+way PEFT's LoraLayer does for a Linear: W x + (lora_alpha / r) B A x, i.e. W += scale * B @ A with
+scale = lora_alpha / r (lora_alpha / sqrt(r) when use_rslora), for every module named
+"base_model.model.<module>.lora_A.weight" / ".lora_B.weight" in the file.
+
+usage: hf_llama_ref.py --model DIR --tokens 1,2,3 --out FILE [--adapter DIR] [--threads N]
 """
 import argparse
 import json
@@ -147,12 +152,33 @@ def forward(cfg, w, tokens):
     return linear(x, head)[0].float()  # [T, V]
 
 
+def apply_peft_lora(w, adapter_dir):
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        acfg = json.load(f)
+    if acfg.get("peft_type") != "LORA" or acfg.get("bias", "none") != "none" or acfg.get("fan_in_fan_out"):
+        sys.exit("hf_llama_ref.py: only plain LoRA adapters (bias none, no fan_in_fan_out)")
+    r, alpha = acfg["r"], acfg["lora_alpha"]
+    scale = alpha / (r ** 0.5) if acfg.get("use_rslora") else alpha / r
+    ad = read_safetensors(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    prefix, suffix = "base_model.model.", ".lora_A.weight"
+    modules = [n[len(prefix):-len(suffix)] for n in ad if n.startswith(prefix) and n.endswith(suffix)]
+    if not modules or len(ad) != 2 * len(modules):
+        sys.exit("hf_llama_ref.py: adapter tensors are not lora_A/lora_B pairs")
+    for m in modules:
+        a = ad[prefix + m + ".lora_A.weight"].to(torch.float32)  # [r, in]
+        b = ad[prefix + m + ".lora_B.weight"].to(torch.float32)  # [out, r]
+        if a.shape[0] != r or b.shape[1] != r:
+            sys.exit(f"hf_llama_ref.py: {m}: rank {a.shape[0]}/{b.shape[1]}, adapter_config says {r}")
+        w[m + ".weight"] = w[m + ".weight"] + scale * (b @ a)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokens", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--adapter")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with open(os.path.join(args.model, "config.json")) as f:
@@ -160,6 +186,8 @@ def main():
     w = read_safetensors(os.path.join(args.model, "model.safetensors"))
     for name in w:
         w[name] = w[name].to(torch.float32)
+    if args.adapter:
+        apply_peft_lora(w, args.adapter)
     tokens = [int(t) for t in args.tokens.split(",")]
     with torch.no_grad():
         logits = forward(cfg, w, tokens)
