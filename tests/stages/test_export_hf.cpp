@@ -201,6 +201,19 @@ TEST_CASE("export hf/peft: bad input exits 2 with one line and leaves existing o
   { std::ofstream(dir / "file") << "x"; }
   expect_usage(export_to(dir / "file", "export.format=hf export.overwrite=true"), "is a file");
 
+  // an architecture dsk does not implement, for every format
+  fs::create_directories(dir / "neox");
+  {
+    std::ofstream(dir / "neox" / "config.json")
+        << R"({"model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "intermediate_size": 128, "vocab_size": 512})";
+  }
+  for (const char* format : {"gguf", "hf"})
+    expect_usage(export_to(dir / "neox-out", std::string("export.format=") + format +
+                                                 " export.dtype=auto model.path=" + (dir / "neox").string()),
+                 "model_type 'gpt_neox' is not supported");
+  CHECK(!fs::exists(dir / "neox-out"));
+
   // a run directory with nothing exportable yet
   fs::create_directories(dir / "empty-run");
   { std::ofstream(dir / "empty-run" / "config.yaml") << "# dsk finetune x\n"; }
