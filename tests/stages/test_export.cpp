@@ -26,14 +26,8 @@ const std::vector<int> kSentenceIds = {403, 407, 261, 378, 432, 383, 286, 261, 3
 constexpr int kNewTokens = 100;
 
 std::string node_llama_cpp_dir() {
-  const char* env = std::getenv("DSK_NODE_LLAMA_CPP_DIR");
-  std::string dir = env ? env : dsk::test::src(".cache/node-llama-cpp");
-  if (!fs::exists(fs::path(dir) / "node_modules/node-llama-cpp/dist/index.js"))
-    FAIL("node-llama-cpp is not installed in " << dir
-                                               << " (run scripts/setup, which installs node-llama-cpp@3.21.1 there; "
-                                                  "or point DSK_NODE_LLAMA_CPP_DIR at an install)");
-  if (run_cmd("node --version").exit_code != 0) FAIL("node is not on PATH (run scripts/setup)");
-  return dir;
+  return dsk::test::node_package_dir("DSK_NODE_LLAMA_CPP_DIR", "node-llama-cpp",
+                                     "node_modules/node-llama-cpp/dist/index.js", "node-llama-cpp@3.21.1");
 }
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
@@ -180,7 +174,7 @@ TEST_CASE("export: bad input (unsupported dtype or format, existing output) exit
   CHECK(bad_dtype.exit_code == 2);
   CHECK_THAT(bad_dtype.err, Contains("export.dtype") && Contains("q8_0"));
   CHECK(!fs::exists(dir / "a.gguf"));
-  auto bad_format = export_gguf(dir / "a.gguf", "export.format=onnx");
+  auto bad_format = export_gguf(dir / "a.gguf", "export.format=tflite");
   CHECK(bad_format.exit_code == 2);
   CHECK_THAT(bad_format.err, Contains("export.format"));
 
