@@ -33,20 +33,6 @@ inline std::map<std::string, at::Tensor> tensors(const std::filesystem::path& fi
   return out;
 }
 
-// The directory of an npm package that scripts/setup installs under .cache/<cache_name> (or where
-// $env_var points), checked by `entry` inside it. Fails the test, never skips it, when the package
-// or node is missing.
-inline std::string node_package_dir(const char* env_var, const std::string& cache_name, const std::string& entry,
-                                    const std::string& package) {
-  const char* env = std::getenv(env_var);
-  std::string dir = env && *env ? env : src(".cache/" + cache_name);
-  if (!std::filesystem::exists(std::filesystem::path(dir) / entry))
-    FAIL(package << " is not installed in " << dir << " (run scripts/setup, which installs " << package
-                 << " there; or point " << env_var << " at an install)");
-  if (run_cmd("node --version").exit_code != 0) FAIL("node is not on PATH (run scripts/setup)");
-  return dir;
-}
-
 // Starts `cmd` (a dsk command line) from the repository root in the background, stdout to
 // `out` and stderr to `err`; returns the pid of the dsk process itself (the shell execs it), so
 // signals reach dsk. The caller waits for it.

@@ -11,6 +11,7 @@
 
 #include "models/loader.h"
 
+#include "node_package.h"
 #include "stage_util.h"
 #include "test_util.h"
 

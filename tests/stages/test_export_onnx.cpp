@@ -13,6 +13,7 @@
 
 #include "models/generate.h"
 #include "models/loader.h"
+#include "node_package.h"
 #include "stage_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
