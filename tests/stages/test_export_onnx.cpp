@@ -13,7 +13,7 @@
 
 #include "models/generate.h"
 #include "models/loader.h"
-#include "node_package.h"
+#include "export_test_util.h"
 #include "stage_util.h"
 #include "test_util.h"
 #include "tokenizer/tokenizer.h"
@@ -34,16 +34,9 @@ std::string onnxruntime_dir() {
                                      "node_modules/onnxruntime-node/dist/index.js", "onnxruntime-node@1.30.0");
 }
 
-dsk::test::CmdResult export_onnx(const fs::path& out, const std::string& overrides = "") {
+dsk::test::CmdResult export_onnx(const fs::path& out, const std::string& overrides) {
   return run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " export configs/stories260k/export-onnx.yaml output=" +
                                     out.string() + " threads=2 " + overrides));
-}
-
-json export_ok(const fs::path& out, const std::string& overrides = "") {
-  auto r = export_onnx(out, overrides);
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  return json::parse(r.out);
 }
 
 // Debian's python onnx: the checker with full_check (strict shape inference) on the written file.
@@ -52,6 +45,16 @@ void python_full_check(const fs::path& model) {
                    quote(model.string()));
   INFO("python onnx: " << r.err);
   CHECK(r.exit_code == 0);
+}
+
+// Exports to `out` with `overrides` (exit 0 required), checks the file with python's full_check and
+// returns dsk's JSON summary.
+json export_ok(const fs::path& out, const std::string& overrides = "") {
+  auto r = export_onnx(out, overrides);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  python_full_check(out);
+  return json::parse(r.out);
 }
 
 json onnxruntime(const fs::path& model, const json& job, const fs::path& dir) {
@@ -159,14 +162,13 @@ TEST_CASE("export onnx: stories260K f32 with dynamic axes runs in ONNX Runtime a
   onnxruntime_dir();  // fail first, clearly, when ONNX Runtime is missing
   fs::path dir = dsk::test::scratch_dir("export-onnx-f32");
   const fs::path out = dir / "stories260k.onnx";
-  json summary = export_ok(out);
+  json summary = export_ok(out, "");
   CHECK(summary["format"] == "onnx");
   CHECK(summary["dtype"] == "f32");
   CHECK(summary["opset"] == 17);
   CHECK(summary["external_data"].is_null());
   CHECK(summary["inputs"] == std::vector<std::string>{"input_ids"});
   CHECK(summary["outputs"] == std::vector<std::string>{"logits"});
-  python_full_check(out);
 
   Reference ref;
   Compared f32 = compare(ref, out, dir, "f32");
@@ -185,7 +187,6 @@ TEST_CASE("export onnx: stories260K f32 with dynamic axes runs in ONNX Runtime a
     REQUIRE(fs::exists(ext.string() + ".data"));
     CHECK(s["data_bytes"].get<uint64_t>() > s["bytes"].get<uint64_t>());
     CHECK(s["bytes"].get<uint64_t>() < 64 * 1024);  // the graph and the small constants only
-    python_full_check(ext);
     Compared e = compare(ref, ext, dir, "external");
     for (size_t i = 0; i < e.bs.size(); ++i) CHECK(max_abs_diff(e.got[i], f32.got[i]) == 0.0);
     WARN("external data: " << s["bytes"] << " bytes of graph + " << s["data_bytes"] << " bytes in "
@@ -200,7 +201,6 @@ TEST_CASE("export onnx: fp16 keeps the logits close to dsk's fp32 and the same g
   const fs::path out = dir / "stories260k-f16.onnx";
   json summary = export_ok(out, "export.dtype=f16");
   CHECK(summary["dtype"] == "f16");
-  python_full_check(out);
   Reference ref;
   Compared f16 = compare(ref, out, dir, "f16");
   for (size_t i = 0; i < f16.bs.size(); ++i) {
@@ -225,7 +225,6 @@ TEST_CASE("export onnx: the KV-cache export decodes greedily in ONNX Runtime to 
   CHECK(summary["inputs"].size() == 1 + 2 * 5);
   CHECK(summary["inputs"][1] == "past_key_values.0.key");
   CHECK(summary["outputs"][2] == "present.0.value");
-  python_full_check(out);
 
   Reference ref;
   const auto& c = ref.lm.config;
@@ -272,25 +271,10 @@ TEST_CASE("export onnx: bad input (dtype, opset, existing output, quantized sour
   }
   CHECK(!fs::exists(dir / "a.onnx"));
 
-  fs::path existing = dir / "exists.onnx";
-  { std::ofstream(existing) << "keep me"; }
-  auto again = export_onnx(existing);
-  CHECK(again.exit_code == 2);
-  CHECK_THAT(again.err, Contains("already exists") && Contains("export.overwrite=true"));
-  CHECK(dsk::test::slurp(existing) == "keep me");
-  auto over = export_onnx(existing, "export.overwrite=true");
-  INFO(over.err);
-  CHECK(over.exit_code == 0);
-  CHECK(dsk::test::slurp(existing) != "keep me");
+  dsk::test::check_existing_output(dir / "exists.onnx", export_onnx);
 
   // a dsk quantize checkpoint: refused, pointing at GGUF
-  auto q = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " quantize configs/stories260k/quantize-int4-gptq.yaml output_dir=" +
-                                      (dir / "q8").string() +
-                                      " threads=2 quant.bits=8 quant.group_size=32 quant.method=rtn quant.act_order=false "
-                                      "quant.calib_samples=8"));
-  INFO(q.err);
-  REQUIRE(q.exit_code == 0);
-  auto rq = export_onnx(dir / "q8.onnx", "model.path=" + (dir / "q8" / "model").string());
+  auto rq = export_onnx(dir / "q8.onnx", "model.path=" + dsk::test::quantize_stories(dir / "q8").string());
   CHECK(rq.exit_code == 2);
   CHECK_THAT(rq.err, Contains("quantized") && Contains("GGUF") && Contains("q8_0"));
   CHECK(!fs::exists(dir / "q8.onnx"));
