@@ -81,18 +81,15 @@ class Graph {
  public:
   explicit Graph(pb::GraphProto* g) : g_(g) {}
 
-  // Adds a node; its outputs are `outputs` or, when empty, one fresh name under the current scope.
-  std::vector<std::string> node(const std::string& op, const std::vector<std::string>& inputs,
-                                const std::vector<Attr>& attrs = {}, std::vector<std::string> outputs = {},
-                                int n_out = 1) {
+  // Adds a node of type `type`; returns its output: `output`, or a fresh name under the current
+  // scope ("/layers.3/attn/Gemm_57", also the node's name).
+  std::string op(const std::string& type, const std::vector<std::string>& inputs, const std::vector<Attr>& attrs = {},
+                 const std::string& output = "") {
     pb::NodeProto* n = g_->add_node();
-    n->set_op_type(op);
-    const int64_t id = counter_++;
-    n->set_name(fmt::format("/{}{}_{}", scope_, op, id));
-    if (outputs.empty())
-      for (int i = 0; i < n_out; ++i) outputs.push_back(n->name() + (i ? "_" + std::to_string(i) : ""));
+    n->set_op_type(type);
+    n->set_name(fmt::format("/{}{}_{}", scope_, type, counter_++));
     for (const auto& in : inputs) n->add_input(in);
-    for (const auto& out : outputs) n->add_output(out);
+    n->add_output(output.empty() ? n->name() : output);
     for (const auto& a : attrs) {
       pb::AttributeProto* p = n->add_attribute();
       p->set_name(a.name);
@@ -104,11 +101,7 @@ class Graph {
         for (int64_t v : a.ints) p->add_ints(v);
       }
     }
-    return outputs;
-  }
-  std::string op(const std::string& type, const std::vector<std::string>& inputs, const std::vector<Attr>& attrs = {},
-                 const std::string& output = "") {
-    return node(type, inputs, attrs, output.empty() ? std::vector<std::string>{} : std::vector<std::string>{output})[0];
+    return n->output(0);
   }
 
   // A weight (or table) under its own name, stored as `type`.
@@ -133,11 +126,11 @@ class Graph {
     }
     return name;
   }
-  std::string scalar(float v, at::ScalarType type, const std::string& tag) {
-    const std::string name = fmt::format("const.{}.{}", type == at::kHalf ? "f16" : "f32", tag);
+  std::string scalar_f32(float v, const std::string& tag) {
+    const std::string name = "const.f32." + tag;
     if (!consts_.count(name)) {
       consts_.insert(name);
-      inits_.push_back({name, at::scalar_tensor(v, at::kFloat), type});
+      inits_.push_back({name, at::scalar_tensor(v, at::kFloat), at::kFloat});
     }
     return name;
   }
@@ -184,9 +177,10 @@ struct Model::Impl {
   std::vector<Initializer> inits;
   ExportReport report;
 
-  // Fills `m`'s initializers: inline raw data, external entries (data written to `data` at
-  // `data_name`), or (skeleton) dims and type only.
-  enum class Data { Inline, External, Skeleton };
+  // Fills `m`'s initializers: inline raw data; external entries (data written to `data`, a file
+  // named `data_name`) for those of kExternalMinBytes or more; or (Shapes) those without their
+  // bytes, for shape inference.
+  enum class Data { Inline, External, Shapes };
   void add_initializers(pb::ModelProto& m, Data mode, std::ostream* data, const std::string& data_name) const {
     uint64_t offset = 0;
     for (const auto& init : inits) {
@@ -194,9 +188,9 @@ struct Model::Impl {
       t->set_name(init.name);
       t->set_data_type(proto_type(init.type));
       for (int64_t d : init.source.sizes()) t->add_dims(d);
-      if (mode == Data::Skeleton) continue;
-      at::Tensor v = init.encoded();
       const uint64_t n = init.bytes();
+      if (mode == Data::Shapes && n >= kExternalMinBytes) continue;
+      at::Tensor v = init.encoded();
       if (mode == Data::External && n >= kExternalMinBytes) {
         const uint64_t pad = (kExternalAlign - offset % kExternalAlign) % kExternalAlign;
         static const std::string zeros(kExternalAlign, '\0');
@@ -225,16 +219,7 @@ struct Model::Impl {
   // the weights' bytes (only the small constants' values matter to it).
   void infer_shapes() const {
     pb::ModelProto m = proto;
-    for (const auto& init : inits) {
-      pb::TensorProto* t = m.mutable_graph()->add_initializer();
-      t->set_name(init.name);
-      t->set_data_type(proto_type(init.type));
-      for (int64_t d : init.source.sizes()) t->add_dims(d);
-      if (init.bytes() < kExternalMinBytes) {
-        at::Tensor v = init.encoded();
-        t->set_raw_data(v.data_ptr(), init.bytes());
-      }
-    }
+    add_initializers(m, Data::Shapes, nullptr, "");
     try {
       pb::shape_inference::InferShapes(m, pb::OpSchemaRegistry::Instance(),
                                        pb::ShapeInferenceOptions(/*check_type=*/true, /*strict=*/1));
@@ -252,15 +237,12 @@ Model& Model::operator=(Model&&) noexcept = default;
 const ExportReport& Model::report() const { return impl_->report; }
 
 bool Model::wants_external(const std::string& mode) const {
-  if (mode == "true") return true;
-  if (mode == "false") {
-    if (impl_->report.weight_bytes + impl_->proto.ByteSizeLong() >= kProtobufLimit)
-      fail_usage_hint(fmt::format("the model's weights ({:.2f} GiB) do not fit in one ONNX file (protobuf's 2 GiB limit)",
-                                  impl_->report.weight_bytes / 1073741824.0),
-                      "set export.onnx.external_data=auto (or true): the weights then go to OUTPUT.data");
-    return false;
-  }
-  return impl_->report.weight_bytes + impl_->proto.ByteSizeLong() >= kProtobufLimit;
+  const bool over = impl_->report.weight_bytes + impl_->proto.ByteSizeLong() >= kProtobufLimit;
+  if (mode == "false" && over)
+    fail_usage_hint(fmt::format("the model's weights ({:.2f} GiB) do not fit in one ONNX file (protobuf's 2 GiB limit)",
+                                impl_->report.weight_bytes / 1073741824.0),
+                    "set export.onnx.external_data=auto (or true): the weights then go to OUTPUT.data");
+  return mode == "true" || (mode != "false" && over);
 }
 
 std::string Model::serialize() const {
@@ -440,7 +422,7 @@ Model build_llama(models::LoadedModel& lm, const ExportOptions& opt) {
     if (lin->bias.defined()) in.push_back(g.weight(name + ".bias", lin->bias, act));
     return g.op("Gemm", in, {attr("transB", 1)});  // [N, in] -> [N, out]
   };
-  const std::string eps = g.scalar(static_cast<float>(c.rms_norm_eps), at::kFloat, "rms_eps");
+  const std::string eps = g.scalar_f32(static_cast<float>(c.rms_norm_eps), "rms_eps");
   // x / sqrt(mean(x^2) + eps) in fp32, back to act, times w: [N, C] -> [N, C]
   auto rms_norm = [&](const std::string& x, const at::Tensor& w, const std::string& name) {
     const std::string x32 = act == at::kFloat ? x : g.op("Cast", {x}, {attr("to", pb::TensorProto::FLOAT)});
@@ -456,8 +438,8 @@ Model build_llama(models::LoadedModel& lm, const ExportOptions& opt) {
     const std::string swapped = g.op("Concat", {hi, lo}, {attr("axis", -1)});
     return g.op("Add", {g.op("Mul", {x, cos}), g.op("Mul", {swapped, sin})});
   };
-  const std::string neg_inf = g.scalar(-std::numeric_limits<float>::infinity(), at::kFloat, "neg_inf");
-  const std::string scale = g.scalar(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), at::kFloat, "attn_scale");
+  const std::string neg_inf = g.scalar_f32(-std::numeric_limits<float>::infinity(), "neg_inf");
+  const std::string scale = g.scalar_f32(static_cast<float>(1.0 / std::sqrt(static_cast<double>(D))), "attn_scale");
   auto to_f32 = [&](const std::string& x) {
     return act == at::kFloat ? x : g.op("Cast", {x}, {attr("to", pb::TensorProto::FLOAT)});
   };

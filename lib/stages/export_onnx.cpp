@@ -1,9 +1,9 @@
 // dsk export, format onnx: one .onnx file (+ OUTPUT.data with external data) for ONNX Runtime
 // and other ONNX engines (lib/export/onnx.h, docs/export.md "ONNX").
 //
-// Order: check the options and the output path, load the model (LoRA merged), refuse what the
-// graph cannot hold (quantized models), build the graph, then write it through a temporary
-// directory (the checker runs on the written file) renamed into place.
+// Order: check the options and the output path, load the model (LoRA merged), build the graph
+// (refusals happen here: quantized models, what the graph does not implement), then write it
+// through a temporary directory (the checker runs on the written file) renamed into place.
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -11,7 +11,6 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "export/onnx.h"
-#include "models/quantized.h"
 #include "stages/common.h"
 #include "stages/export.h"
 
@@ -31,11 +30,6 @@ int export_onnx(const config::Config& cfg) {
   check_export_output(out, overwrite, /*directory=*/false);  // before the (possibly long) load
 
   ExportSource src = load_export_source(cfg, /*merge=*/true);
-  if (models::is_quantized(src.lm.model))
-    fail_usage_hint(fmt::format("{} is quantized (dsk quantize): the ONNX export writes float weights only",
-                                src.description),
-                    "export quantized models as GGUF (export.format=gguf export.dtype=q8_0 or q4_0), or export the "
-                    "full-precision model as ONNX");
   log_resolved_config(cfg);
 
   opt.doc = fmt::format("{} exported by dsk {} (export.dtype {}, kv_cache {})", src.description, DSK_VERSION,

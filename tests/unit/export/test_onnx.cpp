@@ -243,7 +243,8 @@ TEST_CASE("onnx: external data goes to OUTPUT.data at aligned offsets with the w
   CHECK(!model.wants_external("false"));
 }
 
-TEST_CASE("onnx: opset, dtype, quantized and LoRA models are refused with exit 2", "[export][onnx]") {
+TEST_CASE("onnx: opset, dtype, quantized and LoRA models, other architectures and rope scalings are refused with exit 2",
+          "[export][onnx]") {
   for (int64_t opset : {16, 18}) {
     ox::ExportOptions opt;
     opt.opset = opset;
@@ -262,6 +263,18 @@ TEST_CASE("onnx: opset, dtype, quantized and LoRA models are refused with exit 2
   auto eq = dsk::test::error_of([&] { ox::build_llama(q, {}); });
   CHECK(eq.exit_code() == 2);
   CHECK_THAT(eq.line(), Contains("quantized") && Contains("GGUF"));
+
+  // architectures and rope scalings the graph does not implement (the loader refuses them too)
+  auto other = tiny(true, false);
+  other.config.model_type = "gemma";
+  auto eo = dsk::test::error_of([&] { ox::build_llama(other, {}); });
+  CHECK(eo.exit_code() == 2);
+  CHECK_THAT(eo.line(), Contains("model_type 'gemma'"));
+  auto yarn = tiny(true, false);
+  yarn.config.rope_scaling_type = "yarn";
+  auto ey = dsk::test::error_of([&] { ox::build_llama(yarn, {}); });
+  CHECK(ey.exit_code() == 2);
+  CHECK_THAT(ey.line(), Contains("rope_scaling type 'yarn'"));
 
   auto l = tiny(true, false);
   dsk::models::LoraSpec spec;
