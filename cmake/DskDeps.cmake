@@ -7,6 +7,11 @@ find_package(CLI11 REQUIRED)
 find_package(nlohmann_json REQUIRED)
 find_package(Threads REQUIRED)
 find_package(PkgConfig REQUIRED)
+# ONNX (libonnx-dev: protobuf classes + checker) for dsk export's onnx format. Debian's targets
+# `onnx` / `onnx_proto` carry ONNX_NAMESPACE=onnx and ONNX_ML=1 and link protobuf::libprotobuf,
+# which FindProtobuf defines. Only lib/export/onnx.cpp includes ONNX headers.
+find_package(Protobuf REQUIRED)
+find_package(ONNX REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 add_library(PCRE2::pcre2 ALIAS PkgConfig::PCRE2)
 

@@ -1,5 +1,6 @@
 // GGUF writer, block encoders and the Llama export (format notes in gguf.h, docs/export.md).
 #include "export/gguf.h"
+#include "export/output.h"
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -407,14 +408,8 @@ std::string Writer::serialize() const {
 
 void write_file(const Writer& w, const std::filesystem::path& path, bool overwrite) {
   namespace stdfs = std::filesystem;
-  if (stdfs::exists(path) && !overwrite)
-    fail_usage_hint(fmt::format("output '{}' already exists", path.string()),
-                    "choose another output path, remove it, or set export.overwrite=true");
-  if (stdfs::is_directory(path)) fail_usage(fmt::format("output '{}' is a directory, not a file path", path.string()));
+  export_out::check_output_file(path, overwrite);
   const stdfs::path dir = path.has_parent_path() ? path.parent_path() : stdfs::path(".");
-  if (!stdfs::is_directory(dir))
-    fail_usage_hint(fmt::format("the directory of output '{}' does not exist", path.string()),
-                    fmt::format("create {} first", dir.string()));
   const stdfs::path tmp = path.string() + ".tmp." + std::to_string(::getpid());
   try {
     {

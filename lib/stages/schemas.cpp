@@ -326,7 +326,7 @@ Schema make_export_schema() {
              "gguf: 2-D tensors' type, 1-D ones F32, rows not divisible by 32 F16 for q8_0/q4_0 (auto: f16); onnx: "
              "f32|f16 (auto: f32); hf/peft: f32|f16|bf16 (auto: the source's, peft f32)");
   s.add("export.shard_mb", Type::Float, "5000", "hf: largest model-*.safetensors shard in MiB (0: one file)");
-  s.add("export.onnx.opset", Type::Int, "17", "onnx: the default-domain opset (17 or above)");
+  s.add("export.onnx.opset", Type::Int, "17", "onnx: the default-domain opset (only 17 is written: docs/export.md)");
   s.add("export.onnx.kv_cache", Type::Bool, "false",
         "onnx: past_key_values.N.key/value inputs and present.N.key/value outputs for incremental decoding");
   s.add_enum("export.onnx.external_data", {"auto", "true", "false"}, "auto",

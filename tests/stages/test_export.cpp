@@ -11,6 +11,7 @@
 
 #include "models/loader.h"
 
+#include "export_test_util.h"
 #include "stage_util.h"
 #include "test_util.h"
 
@@ -26,14 +27,8 @@ const std::vector<int> kSentenceIds = {403, 407, 261, 378, 432, 383, 286, 261, 3
 constexpr int kNewTokens = 100;
 
 std::string node_llama_cpp_dir() {
-  const char* env = std::getenv("DSK_NODE_LLAMA_CPP_DIR");
-  std::string dir = env ? env : dsk::test::src(".cache/node-llama-cpp");
-  if (!fs::exists(fs::path(dir) / "node_modules/node-llama-cpp/dist/index.js"))
-    FAIL("node-llama-cpp is not installed in " << dir
-                                               << " (run scripts/setup, which installs node-llama-cpp@3.21.1 there; "
-                                                  "or point DSK_NODE_LLAMA_CPP_DIR at an install)");
-  if (run_cmd("node --version").exit_code != 0) FAIL("node is not on PATH (run scripts/setup)");
-  return dir;
+  return dsk::test::node_package_dir("DSK_NODE_LLAMA_CPP_DIR", "node-llama-cpp",
+                                     "node_modules/node-llama-cpp/dist/index.js", "node-llama-cpp@3.21.1");
 }
 
 std::string quote(const std::string& s) { return "'" + s + "'"; }
@@ -130,12 +125,7 @@ TEST_CASE("export: a dsk quantize int8 g32 checkpoint maps into Q8_0 blocks and 
           "[stages][export]") {
   node_llama_cpp_dir();
   fs::path dir = dsk::test::scratch_dir("export-from-quantized");
-  auto q = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " quantize configs/stories260k/quantize-int4-gptq.yaml output_dir=" +
-                                      (dir / "q8").string() +
-                                      " threads=2 quant.bits=8 quant.group_size=32 quant.method=rtn quant.act_order=false "
-                                      "quant.calib_samples=8"));
-  INFO(q.err);
-  REQUIRE(q.exit_code == 0);
+  dsk::test::quantize_stories(dir / "q8");
   fs::path out = dir / "q8.gguf";
   auto r = export_gguf(out, "model.path=" + (dir / "q8" / "model").string() + " export.dtype=q8_0");
   INFO(r.err);
@@ -157,12 +147,7 @@ TEST_CASE("export: a dsk quantize int8 g32 checkpoint maps into Q8_0 blocks and 
   CHECK_THAT(r32.err, Contains("dequantized from int8 g32 sym"));
   CHECK(trimmed(llama_cpp(out32)["generated_text"].get<std::string>()) == story);
   // an asymmetric checkpoint has zero points Q8_0 cannot hold: refused with the reason, exit 2
-  auto qa = run_cmd(dsk::test::in_repo(dsk::test::dsk_bin() + " quantize configs/stories260k/quantize-int4-gptq.yaml output_dir=" +
-                                       (dir / "q4a").string() +
-                                       " threads=2 quant.bits=4 quant.group_size=32 quant.symmetric=false quant.method=rtn "
-                                       "quant.act_order=false quant.calib_samples=8"));
-  INFO(qa.err);
-  REQUIRE(qa.exit_code == 0);
+  dsk::test::quantize_stories(dir / "q4a", "quant.bits=4 quant.symmetric=false");
   auto ra = export_gguf(dir / "q4a.gguf", "model.path=" + (dir / "q4a" / "model").string() + " export.dtype=q4_0");
   CHECK(ra.exit_code == 2);
   CHECK_THAT(ra.err, Contains("asymmetric") && Contains("export.dtype f16"));
@@ -180,22 +165,13 @@ TEST_CASE("export: bad input (unsupported dtype or format, existing output) exit
   CHECK(bad_dtype.exit_code == 2);
   CHECK_THAT(bad_dtype.err, Contains("export.dtype") && Contains("q8_0"));
   CHECK(!fs::exists(dir / "a.gguf"));
-  auto bad_format = export_gguf(dir / "a.gguf", "export.format=onnx");
+  auto bad_format = export_gguf(dir / "a.gguf", "export.format=tflite");
   CHECK(bad_format.exit_code == 2);
   CHECK_THAT(bad_format.err, Contains("export.format"));
 
   fs::path existing = dir / "exists.gguf";
-  { std::ofstream(existing) << "keep me"; }
-  auto again = export_gguf(existing, "");
-  CHECK(again.exit_code == 2);
-  CHECK_THAT(again.err, Contains("already exists") && Contains("export.overwrite=true"));
-  CHECK(dsk::test::slurp(existing) == "keep me");
-  auto over = export_gguf(existing, "export.overwrite=true");
-  INFO(over.err);
-  CHECK(over.exit_code == 0);
+  dsk::test::check_existing_output(existing, export_gguf);
   CHECK(dsk::test::slurp(existing).substr(0, 4) == "GGUF");
-  for (const auto& e : fs::directory_iterator(dir))  // no temporary left behind
-    CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
 }
 
 TEST_CASE("export: a GPT-2 byte-level BPE vocabulary tokenizes in llama.cpp as llama.cpp's own conformance ids",

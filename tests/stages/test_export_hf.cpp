@@ -208,7 +208,7 @@ TEST_CASE("export hf/peft: bad input exits 2 with one line and leaves existing o
         << R"({"model_type": "gpt_neox", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
               "intermediate_size": 128, "vocab_size": 512})";
   }
-  for (const char* format : {"gguf", "hf"})
+  for (const char* format : {"gguf", "onnx", "hf"})
     expect_usage(export_to(dir / "neox-out", std::string("export.format=") + format +
                                                  " export.dtype=auto model.path=" + (dir / "neox").string()),
                  "model_type 'gpt_neox' is not supported");
