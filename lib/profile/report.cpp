@@ -211,7 +211,7 @@ const char* const kTail = R"HTML(</script>
     card(mc, "peak device memory (allocated)", "memory.peak_device_mib", 1, " MiB");
   var samples = S.memory.samples || [];
   if (samples.length > 0) {
-    var MW = 760, MH = 240, ml = 60, mb = 30, mt = 10, mr = 10;
+    var MW = 760, MH = 240, ml = 60, mb = 30, mt = 10, mr = 30;
     var tMax = Math.max(samples[samples.length - 1][0], 1e-9);
     var yMax = 1e-9;
     samples.forEach(function (s) { yMax = Math.max(yMax, s[1], s[2] || 0); });
@@ -229,7 +229,7 @@ const char* const kTail = R"HTML(</script>
       var yv = yMax * k / 4;
       m += '<text x="4" y="' + (Y(yv) + 4).toFixed(1) + '">' + esc(yv.toFixed(0)) + ' MiB</text>';
       var tv = tMax * k / 4;
-      m += '<text x="' + (X(tv) - 10).toFixed(1) + '" y="' + (MH - 10) + '">' + esc(tv.toFixed(2)) + ' s</text>';
+      m += '<text text-anchor="middle" x="' + X(tv).toFixed(1) + '" y="' + (MH - 10) + '">' + esc(tv.toFixed(2)) + ' s</text>';
     }
     var line = function (idx, color) {
       var pts = samples.filter(function (s) { return s[idx] !== null && s[idx] !== undefined && s[idx] >= 0; })

@@ -60,6 +60,9 @@ Verdict decide(const VerdictInput& in) {
                                      "per-operator cost", in.batch_tokens));
     advise("data.seq_len", "raise `data.seq_len` where the data has long enough documents");
     if (training) advise("grad_accum", "keep the effective batch with a lower `grad_accum` when raising `batch_size`");
+    if (in.stage == "generate")
+      v.advice.push_back("decoding runs one token per forward pass, so every operator is small: expected for "
+                         "single-sequence generation (dsk generate does not batch requests)");
   } else if (in.matmul_share < kMatmulDominant) {
     v.bound = "memory bandwidth";
     v.reason = fmt::format("elementwise, copy and reduction operators take {} of operator time (matrix products "

@@ -162,8 +162,8 @@ struct Session {
     if (!timer.measuring()) return;
     timer.set_measuring(false);
     measure_end_us = profile::steady_us();
+    if (memory) memory->stop();            // before the profiler's own post-processing
     if (ops.active()) events = ops.stop();
-    if (memory) memory->stop();
   }
 };
 
@@ -293,6 +293,7 @@ int profile_eval(Session& s, Workload& w) {
 
   torch::NoGradGuard no_grad;
   const int64_t n_batches = (windows.count() + batch_size - 1) / batch_size;
+  if (n_batches == 0) fail_usage_hint("the eval data makes no window", "use a larger data.eval file");
   double nll_sum = 0;
   for (int64_t step = 0; step < s.opt.warmup + s.opt.steps; ++step) {
     if (step == 0) s.begin(in.rt);
@@ -329,6 +330,7 @@ int profile_generate(Session& s, Workload& w) {
   opt.top_k = static_cast<int>(cfg.get_int("generate.top_k"));
   opt.top_p = cfg.get_float("generate.top_p");
   if (opt.max_new_tokens < 1) fail_usage_hint("generate.max_new_tokens must be >= 1", "set it to 128, say");
+  if (ids.empty()) fail_usage_hint("generate.prompt is empty and the tokenizer has no BOS", "give a prompt");
   claim_output(s);
   log_resolved_config(cfg);
 

@@ -230,15 +230,16 @@ void expect_usage_error(const dsk::test::CmdResult& r, const std::string& needle
 TEST_CASE("profile: finetune writes report, summary and trace, and the phases add up to the wall time",
           "[stages][profile]") {
   auto d = dsk::test::scratch_dir("profile_finetune");
-  json line = profile_ok("configs/stories260k/profile-finetune.yaml", d / "p", "profile.warmup_steps=1 profile.steps=3");
+  json line = profile_ok("configs/stories260k/profile-finetune.yaml", d / "p",
+                         "profile.warmup_steps=1 profile.steps=3 batch_size=4");
   CHECK(line["stage"] == "profile");
   CHECK(line["profiled"] == "finetune");
   json s = check_summary(d / "p", "finetune");
   CHECK(s["steps"]["measured"] == 3);
   CHECK(s["steps"]["warmup"] == 1);
   CHECK(line["bound"] == s["verdict"]["bound"]);
-  CHECK(s["tokens_per_step"] == 16 * 256);
-  CHECK(s["tokens"] == 3 * 16 * 256);
+  CHECK(s["tokens_per_step"] == 4 * 256);
+  CHECK(s["tokens"] == 3 * 4 * 256);
   for (const char* phase : {"data", "forward", "backward", "optimizer"}) {
     bool positive = false;
     for (const auto& p : s["phases"])
@@ -260,7 +261,7 @@ TEST_CASE("profile: finetune writes report, summary and trace, and the phases ad
 TEST_CASE("profile: the report renders in headless Chromium with the summary's numbers and no console errors",
           "[stages][profile]") {
   auto d = dsk::test::scratch_dir("profile_report");
-  profile_ok("configs/stories260k/profile-finetune.yaml", d / "p", "profile.warmup_steps=1 profile.steps=2");
+  profile_ok("configs/stories260k/profile-finetune.yaml", d / "p", "profile.warmup_steps=1 profile.steps=2 batch_size=4");
   json s = json::parse(slurp(d / "p" / "summary.json"));
   const std::string dom = check_report_in_browser(d / "p", s, d);
 
@@ -282,9 +283,9 @@ TEST_CASE("profile: the report renders in headless Chromium with the summary's n
 
 TEST_CASE("profile: eval and generate profiles write a report", "[stages][profile]") {
   auto d = dsk::test::scratch_dir("profile_eval");
-  profile_ok("configs/stories260k/profile-eval.yaml", d / "e", "profile.steps=3");
+  profile_ok("configs/stories260k/profile-eval.yaml", d / "e", "profile.steps=3 batch_size=4");
   json s = check_summary(d / "e", "eval");
-  CHECK(s["tokens_per_step"] == 8 * 256);
+  CHECK(s["tokens_per_step"] == 4 * 256);
   for (const auto& p : s["phases"])
     if (p["name"] == "backward" || p["name"] == "optimizer") CHECK(p["seconds"].get<double>() == 0);
   CHECK(s["flops_formula"].get<std::string>().find("forward only") != std::string::npos);

@@ -48,7 +48,7 @@ bool mentions(const Verdict& v, const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("phase timer: phases tile each measured step and add up to the wall time", "[profile]") {
+TEST_CASE("profile: phase timer: phases tile each measured step and add up to the wall time", "[profile]") {
   PhaseTimer t;
   t.begin_step(1);  // not measuring: nothing recorded
   t.enter(Phase::Forward);
@@ -82,7 +82,7 @@ TEST_CASE("phase timer: phases tile each measured step and add up to the wall ti
   CHECK(names == "data forward backward optimizer communication checkpoint eval other ");
 }
 
-TEST_CASE("self time subtracts directly nested operators on the same thread", "[profile]") {
+TEST_CASE("profile: self time subtracts directly nested operators on the same thread", "[profile]") {
   // linear [0, 100) > addmm [10, 90) > {copy [20, 30), gemm-ish [40, 80)}; another thread; a device kernel.
   std::vector<OpEvent> ev = {op("aten::linear", 1, 0, 100), op("aten::addmm", 1, 10, 80), op("aten::copy_", 1, 20, 10),
                              op("aten::mul", 1, 40, 40),    op("aten::add", 1, 120, 5),   op("aten::mm", 2, 0, 50),
@@ -112,7 +112,7 @@ TEST_CASE("self time subtracts directly nested operators on the same thread", "[
   CHECK_FALSE(is_matmul_op("aten::copy_"));
 }
 
-TEST_CASE("the LibTorch profiler wrapper records operators with shapes", "[profile]") {
+TEST_CASE("profile: the LibTorch profiler wrapper records operators with shapes", "[profile]") {
   OpProfiler p;
   at::Tensor a = at::randn({32, 48});
   at::Tensor b = at::randn({48, 16});
@@ -134,7 +134,7 @@ TEST_CASE("the LibTorch profiler wrapper records operators with shapes", "[profi
   CHECK(p.stop().empty());  // stopping twice is harmless
 }
 
-TEST_CASE("FLOP formulas", "[profile]") {
+TEST_CASE("profile: FLOP formulas", "[profile]") {
   // stories260K-like: N = 200000 matmul parameters, 5 layers, d 64, T 256.
   CHECK(train_flops_per_token(200000, 0, 5, 64, 256) == Approx(6 * 200000.0 + 12 * 5 * 64 * 256.0));
   CHECK(train_flops_per_token(10000, 190000, 5, 64, 256) == Approx(6 * 10000.0 + 4 * 190000.0 + 12 * 5 * 64 * 256.0));
@@ -143,14 +143,14 @@ TEST_CASE("FLOP formulas", "[profile]") {
   CHECK(3 * forward_flops_per_token(1000, 2, 32, 16) == Approx(train_flops_per_token(1000, 0, 2, 32, 16)));
 }
 
-TEST_CASE("peak FLOP/s micro-benchmark measures something plausible", "[profile]") {
+TEST_CASE("profile: peak FLOP/s micro-benchmark measures something plausible", "[profile]") {
   auto p = measure_peak_flops(c10::Device(c10::kCPU), at::kFloat, 2);
   CHECK(p.flops > 1e8);   // any CPU of this century
   CHECK(p.flops < 1e14);
   CHECK(p.method.find("2048x2048") != std::string::npos);
 }
 
-TEST_CASE("verdict rules on synthetic profiles", "[profile]") {
+TEST_CASE("profile: verdict rules on synthetic profiles", "[profile]") {
   std::set<std::string> finetune_keys = {"batch_size", "grad_accum", "zero", "dtype", "activation_checkpointing",
                                          "data.pack", "data.train.format", "data.seq_len", "dist.bucket_mb",
                                          "checkpoint.every", "eval.every", "eval.max_batches"};
@@ -191,6 +191,12 @@ TEST_CASE("verdict rules on synthetic profiles", "[profile]") {
     CHECK(v.bound == "overhead (small operators)");
     CHECK(mentions(v, "batch_size"));
     CHECK(v.reason.find("8.0 µs") != std::string::npos);
+    in.stage = "generate";
+    in.has_key = [](const std::string& k) { return k == "dtype"; };
+    auto g = decide(in);
+    CHECK(g.bound == "overhead (small operators)");
+    CHECK_FALSE(mentions(g, "batch_size"));
+    CHECK(mentions(g, "one token per forward pass"));
   }
   SECTION("small matmuls at low MFU") {
     auto in = balanced();
@@ -219,7 +225,7 @@ TEST_CASE("verdict rules on synthetic profiles", "[profile]") {
   }
 }
 
-TEST_CASE("trace writer: Chrome trace events with phases, operators and memory counters", "[profile]") {
+TEST_CASE("profile: trace writer: Chrome trace events with phases, operators and memory counters", "[profile]") {
   TraceInput in;
   const double offset = 1.7e15;
   in.epoch_offset_us = offset;
@@ -265,7 +271,7 @@ TEST_CASE("trace writer: Chrome trace events with phases, operators and memory c
   CHECK(meta >= 4);
 }
 
-TEST_CASE("report: self-contained page embedding the summary safely", "[profile]") {
+TEST_CASE("profile: report: self-contained page embedding the summary safely", "[profile]") {
   nlohmann::ordered_json s = {{"stage", "eval"}, {"config_yaml", "x: \"</script><script>alert(1)</script>\""}};
   std::string html = render_report_html(s);
   CHECK(html.find("http://") == std::string::npos);
@@ -279,7 +285,7 @@ TEST_CASE("report: self-contained page embedding the summary safely", "[profile]
     CHECK(html.find(id) != std::string::npos);
 }
 
-TEST_CASE("memory sampler reads the resident set size over time", "[profile]") {
+TEST_CASE("profile: memory sampler reads the resident set size over time", "[profile]") {
   CHECK(rss_bytes() > 0);
   CHECK(total_memory_bytes() > 0);
   MemorySampler m(1);
