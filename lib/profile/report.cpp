@@ -18,6 +18,7 @@ const char* const kHead = R"HTML(<!DOCTYPE html>
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
        padding: 16px 24px 48px; color: #1d2127; background: #fff; }
 h1 { font-size: 22px; margin: 8px 0 4px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
 h2 { font-size: 17px; margin: 28px 0 8px; border-bottom: 1px solid #d8dde3; padding-bottom: 4px; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid #eef0f3; vertical-align: top; }
@@ -43,7 +44,8 @@ svg text { font: 12px system-ui, sans-serif; fill: #1d2127; }
 <p class="muted" id="peak-method"></p></section>
 <section id="phases"><h2>Time by phase (measured steps)</h2><div id="phases-chart"></div>
 <table id="phases-table"></table></section>
-<section id="ops"><h2>Top operators by self time</h2><p class="muted" id="ops-note"></p><table id="ops-table"></table></section>
+<section id="ops"><h2>Top operators by self time</h2><p class="muted" id="ops-note"></p><table id="ops-table"></table>
+<h3>By operator name (all shapes)</h3><table id="ops-by-name-table"></table></section>
 <section id="memory"><h2>Memory over time</h2><div class="grid" id="memory-cards"></div><div id="memory-chart"></div></section>
 <section id="machine"><h2>Machine</h2><table id="machine-table"></table></section>
 <section id="config"><h2>Configuration</h2><pre id="config-text"></pre></section>
@@ -201,6 +203,20 @@ const char* const kTail = R"HTML(</script>
     cell(r, val("span", p + "self_fraction", 100, "%"), "num");
     cell(r, val("span", p + "total_ms", 1, " ms"), "num");
     ot.appendChild(r);
+  });
+  var nt = document.getElementById("ops-by-name-table");
+  header(nt, ["operator", "device", "matrix product", "calls", "self", "self share"],
+         [false, false, false, true, true, true]);
+  (S.ops_by_name || []).forEach(function (o, i) {
+    var r = document.createElement("tr");
+    var p = "ops_by_name." + i + ".";
+    cell(r, val("span", p + "name"));
+    cell(r, val("span", p + "device"));
+    cell(r, val("span", p + "matmul"));
+    cell(r, val("span", p + "calls"), "num");
+    cell(r, val("span", p + "self_ms", 1, " ms"), "num");
+    cell(r, val("span", p + "self_fraction", 100, "%"), "num");
+    nt.appendChild(r);
   });
 
   // Memory: cards and a line chart of the samples [t_s, rss_mib, device_mib]

@@ -464,6 +464,17 @@ Json build_summary(const Session& s, const Workload& w, const profile::PeakFlops
                    {"self_fraction", safe_div(o.self_us, self_total)},
                    {"total_ms", o.total_us / 1e3}});
   }
+  // The same by operator name, all shapes together (the verdict's operator classes at a glance).
+  std::vector<profile::OpEvent> unshaped = s.events;
+  for (auto& e : unshaped) e.shapes.clear();
+  Json by_name = Json::array();
+  for (const auto& o : profile::aggregate_ops(unshaped, 10))
+    by_name.push_back({{"name", o.name},
+                       {"device", o.device ? "cuda" : "cpu"},
+                       {"matmul", profile::is_matmul_op(o.name) ? "yes" : "no"},
+                       {"calls", o.calls},
+                       {"self_ms", o.self_us / 1e3},
+                       {"self_fraction", safe_div(o.self_us, self_total)}});
   Json memory = memory_json(s);
 
   profile::VerdictInput vin;
@@ -517,6 +528,7 @@ Json build_summary(const Session& s, const Workload& w, const profile::PeakFlops
           {"mean_op_us", vin.mean_op_us},
           {"matmul_share", vin.matmul_share},
           {"top_ops", top},
+          {"ops_by_name", by_name},
           {"memory", memory},
           {"verdict", {{"bound", v.bound}, {"reason", v.reason}, {"advice", v.advice}}},
           {"model", w.model},

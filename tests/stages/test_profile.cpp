@@ -200,7 +200,7 @@ std::string check_report_in_browser(const fs::path& dir, const json& summary, co
   CHECK_FALSE(has_console_errors(r.err));
   CHECK_THAT(r.dom, Contains("data-rendered=\"ok\""));
   for (const char* id : {"verdict", "throughput", "phases", "ops", "memory", "machine", "config", "phases-svg",
-                         "memory-svg", "phases-table", "ops-table"})
+                         "memory-svg", "phases-table", "ops-table", "ops-by-name-table"})
     CHECK_THAT(r.dom, Contains(std::string("id=\"") + id + "\""));
   DomCheck c = check_dom_values(r.dom, summary);
   for (const auto& w : c.wrong) FAIL_CHECK(w);
@@ -210,6 +210,7 @@ std::string check_report_in_browser(const fs::path& dir, const json& summary, co
   for (const char* k : {"stage", "wall_s", "tokens_per_s", "flops_per_s", "peak_flops_per_s", "mfu", "verdict.bound",
                         "verdict.advice.0", "phases.0.seconds", "phases.1.fraction", "named_phases_s",
                         "top_ops.0.name", "top_ops.0.shapes", "top_ops.0.calls", "top_ops.0.self_ms",
+                        "ops_by_name.0.name", "ops_by_name.0.self_fraction",
                         "memory.peak_rss_mib", "machine.cpu", "config_yaml"})
     CHECK(keys.count(k) == 1);
   return r.dom;
