@@ -125,7 +125,8 @@ std::vector<OpStat> aggregate_ops(const std::vector<OpEvent>& events, size_t n) 
 bool is_matmul_op(const std::string& name) {
   std::string s = name;
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  const std::string base = s.rfind("aten::", 0) == 0 ? s.substr(6) : s;
+  std::string base = s.rfind("aten::", 0) == 0 ? s.substr(6) : s;
+  if (base.size() > 1 && base.back() == '_') base.pop_back();  // in-place variants: addmm_, baddbmm_
   static const char* const kOps[] = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "dot", "addbmm",
                                      "mv", "addmv", "_convolution", "convolution", "conv2d", "conv1d",
                                      "mkldnn_convolution", "_scaled_dot_product_flash_attention",

@@ -106,6 +106,8 @@ TEST_CASE("profile: self time subtracts directly nested operators on the same th
 
   CHECK(is_matmul_op("aten::addmm"));
   CHECK(is_matmul_op("aten::bmm"));
+  CHECK(is_matmul_op("aten::addmm_"));
+  CHECK_FALSE(is_matmul_op("aten::add_"));
   CHECK(is_matmul_op("aten::linear"));
   CHECK(is_matmul_op("ampere_sgemm_128x64_nn"));
   CHECK_FALSE(is_matmul_op("aten::mul"));
