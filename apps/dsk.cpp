@@ -28,6 +28,8 @@ struct Command {
   const char* summary;
   const Schema& (*schema)();
   int (*run)(const Config&);
+  // Where the schema depends on the config (profile: the stage named by profile.stage).
+  const Schema& (*schema_for)(const std::string& path, const std::vector<std::string>& overrides) = nullptr;
 };
 
 const Command kCommands[] = {
@@ -44,6 +46,8 @@ const Command kCommands[] = {
      dsk::stages::distill_schema, dsk::stages::run_distill},
     {"export", "export a model and its tokenizer for an inference engine (GGUF F32/F16/BF16/Q8_0/Q4_0 for llama.cpp)",
      dsk::stages::export_schema, dsk::stages::run_export},
+    {"profile", "profile steps of finetune/eval/generate: report.html (time, operators, memory, MFU, verdict) + trace.json",
+     dsk::stages::profile_schema, dsk::stages::run_profile, dsk::stages::profile_schema_for},
 };
 
 const Command* find_command(const std::string& name) {
@@ -145,12 +149,13 @@ int run_config_command(const std::string& name, int argc, char** argv) {
         dsk::fail_usage_hint(
             as_stage.empty() ? "cannot tell which subcommand '" + cfg_path + "' is for"
                              : "unknown subcommand '" + as_stage + "'",
-            "pass --as finetune|eval|generate, or start the config with a comment '# dsk SUBCOMMAND ...'");
+            "pass --as finetune|eval|generate|profile, or start the config with a comment '# dsk SUBCOMMAND ...'");
       }
     }
-    Config cfg = dsk::config::load_config(cmd->schema(), cfg_path, overrides);
+    const Schema& schema = cmd->schema_for ? cmd->schema_for(cfg_path, overrides) : cmd->schema();
+    Config cfg = dsk::config::load_config(schema, cfg_path, overrides);
     if (validate_only) {
-      std::printf("%s: ok (dsk %s, %zu keys)\n", cfg_path.c_str(), cmd->name, cmd->schema().keys().size());
+      std::printf("%s: ok (dsk %s, %zu keys)\n", cfg_path.c_str(), cmd->name, schema.keys().size());
       return dsk::kExitOk;
     }
     dsk::signals::install_handlers();

@@ -5,14 +5,20 @@
 //   c10d          2.x: ProcessGroupGloo/NCCL derive from c10d::Backend; 1.13: from ProcessGroup
 //   attention     2.x has at::scaled_dot_product_attention (flash / memory-efficient kernels on
 //                 CUDA); 1.13 has not, and dsk uses its own baddbmm + softmax + bmm path
+//   profiler      KinetoEvent times: startUs()/durationUs() up to 2.0, startNs()/durationNs() from
+//                 2.1 (both since the Unix epoch); the profiler API itself (prepareProfiler,
+//                 enableProfiler, disableProfiler) is the same
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include <utility>
+
 #define DSK_TORCH2 (TORCH_VERSION_MAJOR >= 2)
 #define DSK_HAS_SDPA DSK_TORCH2
+#define DSK_PROFILER_NS (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
 
 namespace c10d {
 class Backend;
@@ -65,5 +71,16 @@ inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, con
   return at::scaled_dot_product_attention(q, k, v, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
 }
 #endif
+
+// {start, duration} of a profiler event (a torch::autograd::profiler::KinetoEvent) in
+// microseconds; the start counts from the Unix epoch.
+template <typename Event>
+std::pair<double, double> profiler_event_times_us(const Event& e) {
+#if DSK_PROFILER_NS
+  return {static_cast<double>(e.startNs()) / 1000.0, static_cast<double>(e.durationNs()) / 1000.0};
+#else
+  return {static_cast<double>(e.startUs()), static_cast<double>(e.durationUs())};
+#endif
+}
 
 }  // namespace dsk::compat

@@ -118,4 +118,13 @@ void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir,
   if (ec) fail("copying tokenizer '{}' into '{}': {}", src, dir.string(), ec.message());
 }
 
+int64_t checked_seq_len(const config::Config& cfg, const models::LoadedModel& lm) {
+  const int64_t seq_len = cfg.get_int("data.seq_len");
+  if (seq_len < 1 || seq_len > lm.config.max_position_embeddings)
+    fail_usage_hint(fmt::format("data.seq_len {} is outside 1..{} (the model's max_position_embeddings)", seq_len,
+                                lm.config.max_position_embeddings),
+                    fmt::format("set data.seq_len to at most {}", lm.config.max_position_embeddings));
+  return seq_len;
+}
+
 }  // namespace dsk::stages

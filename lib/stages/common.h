@@ -45,6 +45,9 @@ std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, 
 void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir,
                     const std::string& model_key = "model.path");
 
+// data.seq_len, checked against the model's max_position_embeddings (usage error outside 1..max).
+int64_t checked_seq_len(const config::Config& cfg, const models::LoadedModel& lm);
+
 // Prints the resolved config to stderr, once, as YAML.
 void log_resolved_config(const config::Config& cfg);
 // Seconds since an arbitrary epoch (steady clock).

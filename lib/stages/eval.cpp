@@ -19,11 +19,7 @@ int run_eval(const config::Config& cfg) {
   Runtime rt = setup_runtime(cfg);
   auto tok = load_tokenizer_for(cfg);
   models::LoadedModel lm = load_model_for(cfg, rt);
-  const int64_t seq_len = cfg.get_int("data.seq_len");
-  if (seq_len < 1 || seq_len > lm.config.max_position_embeddings)
-    fail_usage_hint(fmt::format("data.seq_len {} is outside 1..{} (the model's max_position_embeddings)", seq_len,
-                                lm.config.max_position_embeddings),
-                    fmt::format("set data.seq_len to at most {}", lm.config.max_position_embeddings));
+  const int64_t seq_len = checked_seq_len(cfg, lm);
   const int64_t batch_size = cfg.get_int("batch_size");
   if (batch_size < 1) fail_usage_hint("batch_size must be >= 1", "set batch_size=1 or more");
 

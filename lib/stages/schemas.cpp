@@ -1,6 +1,7 @@
 // The config schema of every stage: the one place that declares keys, types, defaults and help.
 // Component keys (optimizer, schedule) come from their registries in lib/train.
 #include "config/config.h"
+#include "core/error.h"
 #include "data/dataset.h"
 #include "stages/stages.h"
 #include "train/optim.h"
@@ -338,7 +339,81 @@ Schema make_export_schema() {
   return s;
 }
 
+// dsk profile: the profile.* keys, and output_dir (required: report.html and trace.json go there).
+const char* const kProfileSummary =
+    "Profile warm-up + measured steps of a stage (finetune, eval, generate): report.html, summary.json and "
+    "trace.json in output_dir. A profile config is the stage's config plus these keys: every key of the stage "
+    "named by profile.stage is accepted too (docs/profiling.md).";
+
+void add_profile_keys(Schema& s) {
+  KeySpec stage;
+  stage.key = "profile.stage";
+  stage.type = Type::Enum;
+  stage.choices = {"finetune", "eval", "generate"};
+  stage.default_value = "~";
+  stage.required = true;
+  stage.help = "the stage whose steps are profiled; its keys are accepted too";
+  s.add(stage);
+  s.add("profile.warmup_steps", Type::Int, "2", "steps run before measuring (allocations, caches, first-call costs)");
+  s.add("profile.steps", Type::Int, "5",
+        "measured steps (finetune: optimizer steps; eval: batches; generate: whole sequences); at least 1");
+  s.add("profile.record_shapes", Type::Bool, "true", "record operator input shapes (top operators by shape)");
+  s.add("profile.top_ops", Type::Int, "25", "operators listed in the report");
+  s.add("profile.peak_flops", Type::Float, "~",
+        "FLOP/s to compute MFU against instead of measuring (e.g. a GPU's documented dense bf16 rate)");
+  s.add("profile.memory_interval_ms", Type::Int, "10", "resident memory sampling interval");
+}
+
+KeySpec profile_output_dir() {
+  KeySpec k;
+  k.key = "output_dir";
+  k.type = Type::Path;
+  k.default_value = "~";
+  k.required = true;
+  k.help = "report.html, summary.json, trace.json and config.yaml go here (a new or empty directory)";
+  return k;
+}
+
+Schema make_profile_schema() {
+  Schema s("profile", kProfileSummary);
+  s.add(profile_output_dir());
+  add_profile_keys(s);
+  return s;
+}
+
+// The stage's schema with output_dir required and the profile keys.
+Schema make_profile_schema_for(const Schema& stage) {
+  Schema s("profile", kProfileSummary);
+  bool has_output = false;
+  for (const auto& k : stage.keys()) {
+    if (k.key == "output_dir") {
+      s.add(profile_output_dir());
+      has_output = true;
+    } else {
+      s.add(k);
+    }
+  }
+  if (!has_output) s.add(profile_output_dir());
+  add_profile_keys(s);
+  return s;
+}
+
 }  // namespace
+
+const config::Schema& profile_schema() {
+  static const Schema s = make_profile_schema();
+  return s;
+}
+
+const config::Schema& profile_schema_for_stage(const std::string& stage) {
+  static const Schema finetune = make_profile_schema_for(finetune_schema());
+  static const Schema eval = make_profile_schema_for(eval_schema());
+  static const Schema generate = make_profile_schema_for(generate_schema());
+  if (stage == "finetune") return finetune;
+  if (stage == "eval") return eval;
+  if (stage == "generate") return generate;
+  fail("internal: no profile schema for stage '{}'", stage);
+}
 
 const config::Schema& export_schema() {
   static const Schema s = make_export_schema();

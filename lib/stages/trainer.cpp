@@ -137,11 +137,7 @@ void Trainer::setup() {
   // QAT ends in a quantized Hugging Face directory, whose q/k rows must be in the Half layout:
   // permute them now (the same function; per-row quantization commutes with the permutation).
   if (cfg.declares("qat.enabled") && cfg.get_bool("qat.enabled")) models::convert_to_half_rope(lm);
-  const int64_t seq_len = cfg.get_int("data.seq_len");
-  if (seq_len < 1 || seq_len > lm.config.max_position_embeddings)
-    fail_usage_hint(fmt::format("data.seq_len {} is outside 1..{} (the model's max_position_embeddings)", seq_len,
-                                lm.config.max_position_embeddings),
-                    fmt::format("set data.seq_len to at most {}", lm.config.max_position_embeddings));
+  const int64_t seq_len = checked_seq_len(cfg, lm);
   if (tok->vocab_size() > lm.config.vocab_size)
     fail_usage_hint(fmt::format("the tokenizer has {} tokens but the model only {} embeddings", tok->vocab_size(),
                                 lm.config.vocab_size),
@@ -165,7 +161,9 @@ void Trainer::setup() {
   lopt.rank = comm->rank();
   loader = std::make_unique<data::Loader>(data.train, lopt);
 
-  if (cfg.has("max_steps")) {
+  if (hooks.max_steps > 0) {
+    total_steps = hooks.max_steps;
+  } else if (cfg.has("max_steps")) {
     total_steps = cfg.get_int("max_steps");
   } else {
     double epochs = cfg.get_float("epochs");
@@ -549,7 +547,7 @@ int Trainer::run() {
     if (start_step > 0) events->add_session_start(start_step + 1);
   }
 
-  if (data.eval.count() > 0 && start_step == 0) {
+  if (hooks.artifacts && data.eval.count() > 0 && start_step == 0) {
     EvalResult before = run_eval();
     eval_nll_before = before.nll;
     log::info("eval before training: nll {:.4f}, ppl {:.2f} ({} tokens)", before.nll, before.ppl, before.tokens);
@@ -566,7 +564,13 @@ int Trainer::run() {
   double last_loss = 0.0;
   int64_t step = start_step;
   bool stopped = false;
+  // dsk profile's phase timer (null in normal runs): each step is tiled into phases.
+  using profile::Phase;
+  profile::PhaseTimer* const ph = hooks.phases;
   while (step < total_steps) {
+    if (hooks.before_step) hooks.before_step(*this, step);
+    profile::StepScope step_scope(ph, step + 1);
+    profile::enter_phase(ph, Phase::Data);
     // This step's micro-batches, then one all-reduce: the global count of loss tokens (each
     // rank's loss is weighted by it), the tokens processed, and whether any rank was signalled.
     const data::LoaderPosition before_step = loader->position();
@@ -577,6 +581,7 @@ int Trainer::run() {
       for (uint8_t m : micro.back().mask) step_tokens += m;
       tokens_in += static_cast<int64_t>(micro.back().rows) * micro.back().seq_len;
     }
+    profile::enter_phase(ph, Phase::Communication);
     at::Tensor agree = at::tensor({static_cast<double>(step_tokens), static_cast<double>(tokens_in),
                                    signals::interrupted() ? 1.0 : 0.0},
                                   at::kDouble);
@@ -595,8 +600,10 @@ int Trainer::run() {
     for (size_t i = 0; i < micro.size(); ++i) {
       auto& b = micro[i];
       if (grad_sync) grad_sync->begin(i + 1 == micro.size());
+      profile::enter_phase(ph, Phase::Data);
       BatchTensors t = window_tensors(b.tokens.data(), b.mask.data(), b.rows, b.seq_len, rt.device);
       if (t.loss_tokens == 0) continue;
+      profile::enter_phase(ph, Phase::Forward);
       train::LossResult loss;
       {
         train::AutocastGuard autocast(rt.device, amp_dtype);
@@ -614,11 +621,13 @@ int Trainer::run() {
           loss = train::chunked_cross_entropy(hidden, lm.model->classifier_weight(), t.targets);
         }
       }
+      profile::enter_phase(ph, Phase::Backward);  // (the bucketed gradient all-reduces overlap it)
       double weight = static_cast<double>(loss.count) / global_tokens;
       (loss.loss * (weight * scaler.scale())).backward();
       loss_sum += loss.loss.item<double>() * weight;
     }
     if (grad_sync) {
+      profile::enter_phase(ph, Phase::Communication);
       grad_sync->finish();
       at::Tensor l = at::tensor({loss_sum}, at::kDouble);
       comm->allreduce_sum(l);
@@ -626,6 +635,7 @@ int Trainer::run() {
     }
     // Under zero: 1 a rank holds the summed gradients of its own tensors only: the overflow
     // check and the clipping norm are agreed over the ranks.
+    profile::enter_phase(ph, Phase::Optimizer);
     mask_gradients();
   const std::vector<at::Tensor>& grads_here = zero ? owned[static_cast<size_t>(comm->rank())] : trainable_list;
     bool finite_grads = !scaler.enabled() || scaler.unscale(grads_here);
@@ -655,12 +665,15 @@ int Trainer::run() {
     opt->step();
     if (zero) {
       for (auto& t : trainable_list) t.mutable_grad().reset();
+      profile::enter_phase(ph, Phase::Communication);
       for (int r = 0; r < world; ++r) dist::broadcast_tensors(*comm, owned[static_cast<size_t>(r)], r);
+      profile::enter_phase(ph, Phase::Optimizer);
     } else {
       opt->zero_grad();
     }
     mask_weights();
     last_loss = loss_sum;
+    profile::enter_phase(ph, Phase::Other);
 
     double now = now_s();
     double tps = agree[1].item<double>() / std::max(now - t_last, 1e-9);
@@ -669,7 +682,9 @@ int Trainer::run() {
     nlohmann::ordered_json fields = {{"loss", loss_sum},   {"lr", opt->lr()},         {"grad_norm", grad_norm},
                                      {"tokens_per_s", tps}, {"elapsed_s", elapsed}};
     if (eval_every > 0 && step % eval_every == 0 && step < total_steps && data.eval.count() > 0) {
+      profile::enter_phase(ph, Phase::Eval);
       EvalResult e = run_eval();
+      profile::enter_phase(ph, Phase::Other);
       fields["eval_loss"] = e.nll;
       fields["eval_ppl"] = e.ppl;
       if (main_rank) {
@@ -685,9 +700,14 @@ int Trainer::run() {
                                  {"train/tokens_per_s", tps}});
       progress->update(step, fmt::format("loss {:.4f} | lr {:.2e} | {:.0f} tok/s", loss_sum, opt->lr(), tps));
     }
-    if (ckpt_every > 0 && step % ckpt_every == 0 && step < total_steps) save_checkpoint(ckpts, step, elapsed);
+    if (ckpt_every > 0 && step % ckpt_every == 0 && step < total_steps) {
+      profile::enter_phase(ph, Phase::Checkpoint);
+      save_checkpoint(ckpts, step, elapsed);
+    }
   }
   if (progress) progress->finish();
+  if (!hooks.artifacts)  // dsk profile: the steps were the point; it writes its own outputs
+    return !stopped ? 0 : signals::interrupted() ? signals::interrupt_exit_code() : kExitTerminated;
   double elapsed = elapsed_before + (now_s() - t_start);
 
   if (stopped) {

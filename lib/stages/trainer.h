@@ -36,6 +36,7 @@
 #include "dist/ddp.h"
 #include "models/lora.h"
 #include "models/quantized.h"
+#include "profile/phases.h"
 #include "stages/common.h"
 #include "stages/evaluate.h"
 #include "stages/run_dir.h"
@@ -64,6 +65,13 @@ struct TrainHooks {
   std::function<void(Trainer&)> after_claim;
   // The loss of one micro-batch, under autocast (default: cross-entropy, or QAT's KD).
   std::function<train::LossResult(Trainer&, const BatchTensors&)> loss;
+
+  // dsk profile (stages/profile.cpp); a normal run leaves these as they are and pays nothing.
+  profile::PhaseTimer* phases = nullptr;  // times each step's phases (docs/profiling.md)
+  // Before each step, with the number of steps done (profile starts measuring after warm-up).
+  std::function<void(Trainer&, int64_t)> before_step;
+  int64_t max_steps = 0;  // > 0: run exactly this many steps, whatever max_steps / epochs say
+  bool artifacts = true;  // false: no eval before/after, no final checkpoint, model/ or stdout summary
 };
 
 struct Trainer {
