@@ -44,7 +44,7 @@ const Command kCommands[] = {
      dsk::stages::prune_schema, dsk::stages::run_prune},
     {"distill", "distill a teacher into a student (KL/JS with temperature, hidden-state losses)",
      dsk::stages::distill_schema, dsk::stages::run_distill},
-    {"export", "export a model and its tokenizer for an inference engine (GGUF F32/F16/BF16/Q8_0/Q4_0 for llama.cpp)",
+    {"export", "export a model, run or checkpoint: GGUF (llama.cpp), ONNX, a Hugging Face directory or a PEFT adapter",
      dsk::stages::export_schema, dsk::stages::run_export},
     {"profile", "profile steps of finetune/eval/generate: report.html (time, operators, memory, MFU, verdict) + trace.json",
      dsk::stages::profile_schema, dsk::stages::run_profile, dsk::stages::profile_schema_for},
