@@ -103,19 +103,31 @@ std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, 
   return {{"format", "pt"}, {"dsk_version", DSK_VERSION}, {"dsk_stage", stage}, {"config_hash", cfg.hash()}};
 }
 
-void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir, const std::string& model_key) {
+void copy_tokenizer_from(const std::string& src, const std::filesystem::path& dir) {
   namespace stdfs = std::filesystem;
-  std::string src = cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string(model_key);
-  stdfs::path p(src);
+  const stdfs::path p(src);
   std::error_code ec;
+  auto copy = [&](const stdfs::path& from, const stdfs::path& to) {
+    stdfs::copy_file(from, to, stdfs::copy_options::overwrite_existing, ec);
+    if (ec) fail("copying tokenizer '{}' into '{}': {}", from.string(), dir.string(), ec.message());
+  };
   if (stdfs::is_directory(p, ec)) {
+    bool any = false;
     for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
-      if (stdfs::exists(p / name, ec)) stdfs::copy_file(p / name, dir / name, stdfs::copy_options::overwrite_existing, ec);
+      if (stdfs::exists(p / name, ec)) copy(p / name, dir / name), any = true;
+    if (!any) log::warn("'{}' holds no tokenizer file: '{}' gets none (set tokenizer.path)", src, dir.string());
     return;
   }
-  std::string target = p.extension() == ".json" ? "tokenizer.json" : "tokenizer.model";
-  stdfs::copy_file(p, dir / target, stdfs::copy_options::overwrite_existing, ec);
-  if (ec) fail("copying tokenizer '{}' into '{}': {}", src, dir.string(), ec.message());
+  if (!stdfs::is_regular_file(p, ec) || (p.extension() != ".json" && p.extension() != ".model")) {
+    // e.g. a llama2.c .bin model, which holds no tokenizer
+    log::warn("no tokenizer at '{}': '{}' gets none (set tokenizer.path)", src, dir.string());
+    return;
+  }
+  copy(p, dir / (p.extension() == ".json" ? "tokenizer.json" : "tokenizer.model"));
+}
+
+void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir, const std::string& model_key) {
+  copy_tokenizer_from(cfg.has("tokenizer.path") ? cfg.get_string("tokenizer.path") : cfg.get_string(model_key), dir);
 }
 
 int64_t checked_seq_len(const config::Config& cfg, const models::LoadedModel& lm) {

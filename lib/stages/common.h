@@ -44,6 +44,10 @@ std::map<std::string, std::string> artifact_metadata(const config::Config& cfg, 
 // written model directory is self-contained.
 void copy_tokenizer(const config::Config& cfg, const std::filesystem::path& dir,
                     const std::string& model_key = "model.path");
+// The same from a tokenizer file (tokenizer.model / tokenizer.json) or a directory holding one
+// (with tokenizer_config.json, special_tokens_map.json); a warning when there is none (e.g. `src`
+// is a llama2.c .bin).
+void copy_tokenizer_from(const std::string& src, const std::filesystem::path& dir);
 
 // data.seq_len, checked against the model's max_position_embeddings (usage error outside 1..max).
 int64_t checked_seq_len(const config::Config& cfg, const models::LoadedModel& lm);

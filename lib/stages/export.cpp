@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "models/quantized.h"
+#include "stages/common.h"
 #include "stages/run_dir.h"
 #include "stages/stages.h"
 
@@ -216,28 +217,10 @@ std::unique_ptr<tok::Tokenizer> load_export_tokenizer(const config::Config& cfg,
 }
 
 void copy_export_tokenizer(const config::Config& cfg, const ExportSource& src, const stdfs::path& dir) {
-  std::string from = cfg.has("tokenizer.path") && !cfg.get_string("tokenizer.path").empty()
-                         ? cfg.get_string("tokenizer.path")
-                         : src.tokenizer_path;
-  std::error_code ec;
-  if (stdfs::is_directory(from, ec)) {
-    bool any = false;
-    for (const char* name : {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
-      if (stdfs::exists(stdfs::path(from) / name, ec)) {
-        stdfs::copy_file(stdfs::path(from) / name, dir / name, stdfs::copy_options::overwrite_existing, ec);
-        if (ec) fail("copying '{}' into '{}': {}", (stdfs::path(from) / name).string(), dir.string(), ec.message());
-        any = true;
-      }
-    if (!any) log::warn("export: '{}' holds no tokenizer file; the exported directory has none (set tokenizer.path)", from);
-    return;
-  }
-  if (!stdfs::is_regular_file(from, ec)) {
-    log::warn("export: no tokenizer next to '{}'; the exported directory has none (set tokenizer.path)", from);
-    return;
-  }
-  std::string target = stdfs::path(from).extension() == ".json" ? "tokenizer.json" : "tokenizer.model";
-  stdfs::copy_file(from, dir / target, stdfs::copy_options::overwrite_existing, ec);
-  if (ec) fail("copying tokenizer '{}' into '{}': {}", from, dir.string(), ec.message());
+  copy_tokenizer_from(cfg.has("tokenizer.path") && !cfg.get_string("tokenizer.path").empty()
+                          ? cfg.get_string("tokenizer.path")
+                          : src.tokenizer_path,
+                      dir);
 }
 
 void check_export_output(const stdfs::path& out, bool overwrite, bool directory) {

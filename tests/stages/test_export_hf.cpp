@@ -214,6 +214,14 @@ TEST_CASE("export hf/peft: bad input exits 2 with one line and leaves existing o
                  "model_type 'gpt_neox' is not supported");
   CHECK(!fs::exists(dir / "neox-out"));
 
+  // a llama2.c model holds no tokenizer: without tokenizer.path the directory gets none, and says so
+  auto no_tok = export_to(dir / "no-tok", "export.format=hf '~tokenizer.path'");
+  INFO(no_tok.err);
+  CHECK(no_tok.exit_code == 0);
+  CHECK(fs::exists(dir / "no-tok" / "model.safetensors"));
+  CHECK(!fs::exists(dir / "no-tok" / "tokenizer.model"));
+  CHECK_THAT(no_tok.err, Contains("no tokenizer at"));
+
   // a run directory with nothing exportable yet
   fs::create_directories(dir / "empty-run");
   { std::ofstream(dir / "empty-run" / "config.yaml") << "# dsk finetune x\n"; }
