@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <csignal>
 #include <mutex>
 #include <thread>
 
@@ -55,6 +56,10 @@ Comm::~Comm() = default;
 
 std::unique_ptr<Comm> Comm::connect(const DistEnv& env, const CommOptions& opt) {
   if (!env.distributed()) return single();
+  // A peer that dies closes its sockets; the next write to them would raise SIGPIPE and kill this rank silently
+  // (Python ignores SIGPIPE at start-up, which is why PyTorch users never meet this). Ignored, the write fails with
+  // EPIPE, the collective throws, and fail_collective names the rank that is gone.
+  std::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<Comm> c(new Comm());
   c->rank_ = env.rank;
   c->size_ = env.world_size;
