@@ -4,10 +4,32 @@
 
 #include "core/error.h"
 #include "data/dataset.h"
+#include "models/quantized.h"
 #include "stages/common.h"
 #include "stages/evaluate.h"
 
 namespace dsk::stages {
+
+CompressionStart start_compression(const config::Config& cfg, const std::string& command,
+                                   const std::string& quantized_problem, const std::string& quantized_hint) {
+  CompressionStart s;
+  s.rt = setup_runtime(cfg);
+  if (s.rt.comm->size() > 1)
+    fail_usage_hint(fmt::format("dsk {} runs in one process", command),
+                    "run it without dsk launch / srun (it is not data parallel)");
+  s.tok = load_tokenizer_for(cfg);
+  s.lm = load_model_for(cfg, s.rt);
+  if (models::is_quantized(s.lm.model))
+    fail_usage_hint(fmt::format("model '{}' {}", cfg.get_string("model.path"), quantized_problem), quantized_hint);
+  models::convert_to_half_rope(s.lm);  // llama2.c models: q/k rows as a Hugging Face directory holds them
+  return s;
+}
+
+models::LoadedModel load_original(const config::Config& cfg, const Runtime& rt) {
+  models::LoadedModel lm = load_model_for(cfg, rt);
+  models::convert_to_half_rope(lm);
+  return lm;
+}
 
 at::Tensor calibration_inputs(const config::Config& cfg, const tok::Tokenizer& tok, int64_t n, int seq_len,
                               const std::string& count_key) {

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,11 +14,26 @@
 #include "config/config.h"
 #include "data/pack.h"
 #include "models/llama.h"
+#include "models/loader.h"
+#include "stages/common.h"
 #include "tokenizer/tokenizer.h"
 
 namespace dsk::stages {
 
 using LinearList = std::vector<std::pair<std::string, models::LoraLinearImpl*>>;
+
+// The start both commands share: one process (`command` names it in the error), the model at model.path in full
+// precision with q/k rows in the Hugging Face rotary layout (llama2.c models converted). A quantized model is a
+// usage error with `quantized_problem` and `quantized_hint`.
+struct CompressionStart {
+  Runtime rt;
+  std::unique_ptr<tok::Tokenizer> tok;
+  models::LoadedModel lm;
+};
+CompressionStart start_compression(const config::Config& cfg, const std::string& command,
+                                   const std::string& quantized_problem, const std::string& quantized_hint);
+// model.path again, converted the same way: the original kept for the end-to-end comparison.
+models::LoadedModel load_original(const config::Config& cfg, const Runtime& rt);
 
 // The first `n` full (unpadded) windows of data.calib as [n, seq_len] int64 inputs. Usage error
 // naming `count_key` when the file gives fewer.

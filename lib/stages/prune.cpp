@@ -85,16 +85,11 @@ double wg(const at::Tensor& w, const at::Tensor& g) {
 }  // namespace
 
 int run_prune(const config::Config& cfg) {
-  Runtime rt = setup_runtime(cfg);
-  if (rt.comm->size() > 1)
-    fail_usage_hint("dsk prune runs in one process", "run it without dsk launch / srun (it is not data parallel)");
-  auto tok = load_tokenizer_for(cfg);
-  models::LoadedModel lm = load_model_for(cfg, rt);
-  if (models::is_quantized(lm.model))
-    fail_usage_hint(fmt::format("model '{}' is quantized: dsk prune works on full-precision weights",
-                                cfg.get_string("model.path")),
-                    "prune the full-precision model, then quantize the pruned one");
-  models::convert_to_half_rope(lm);  // llama2.c models: q/k rows as a Hugging Face directory holds them
+  CompressionStart start = start_compression(cfg, "prune", "is quantized: dsk prune works on full-precision weights",
+                                             "prune the full-precision model, then quantize the pruned one");
+  Runtime& rt = start.rt;
+  auto& tok = start.tok;
+  models::LoadedModel& lm = start.lm;
 
   // ---- settings (every error before output_dir is touched)
   const std::string method = cfg.get_string("prune.method");
@@ -180,8 +175,7 @@ int run_prune(const config::Config& cfg) {
   save_resolved_config(out, cfg);
   log_resolved_config(cfg);
 
-  models::LoadedModel original = load_model_for(cfg, rt);
-  models::convert_to_half_rope(original);
+  models::LoadedModel original = load_original(cfg, rt);
   const int64_t params_before = parameter_total(lm.model);
   const double t_start = now_s();
   nlohmann::ordered_json layers = nlohmann::ordered_json::array();

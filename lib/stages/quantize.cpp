@@ -53,15 +53,11 @@ std::string human_bytes(int64_t b) {
 }  // namespace
 
 int run_quantize(const config::Config& cfg) {
-  Runtime rt = setup_runtime(cfg);
-  if (rt.comm->size() > 1)
-    fail_usage_hint("dsk quantize runs in one process", "run it without dsk launch / srun (it is not data parallel)");
-  auto tok = load_tokenizer_for(cfg);
-  models::LoadedModel lm = load_model_for(cfg, rt);
-  if (models::is_quantized(lm.model))
-    fail_usage_hint(fmt::format("model '{}' is already quantized", cfg.get_string("model.path")),
-                    "quantize the full-precision model (the one this was made from)");
-  models::convert_to_half_rope(lm);  // llama2.c models: q/k rows as a Hugging Face directory holds them
+  CompressionStart start = start_compression(cfg, "quantize", "is already quantized",
+                                             "quantize the full-precision model (the one this was made from)");
+  Runtime& rt = start.rt;
+  auto& tok = start.tok;
+  models::LoadedModel& lm = start.lm;
 
   models::QuantConfig qc;
   qc.scheme.bits = static_cast<int>(cfg.get_int("quant.bits"));
@@ -112,8 +108,7 @@ int run_quantize(const config::Config& cfg) {
   log_resolved_config(cfg);
 
   // The original model stays for the end-to-end comparison.
-  models::LoadedModel original = load_model_for(cfg, rt);
-  models::convert_to_half_rope(original);
+  models::LoadedModel original = load_original(cfg, rt);
 
   int64_t bytes_before = 0;
   for (auto& p : lm.model->parameters()) bytes_before += param_bytes(p);

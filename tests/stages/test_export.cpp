@@ -14,6 +14,7 @@
 #include "export_test_util.h"
 #include "stage_util.h"
 #include "test_util.h"
+#include "unit/models/models_test_util.h"
 
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
@@ -180,14 +181,7 @@ TEST_CASE("export: a GPT-2 byte-level BPE vocabulary tokenizes in llama.cpp as l
   fs::path dir = dsk::test::scratch_dir("export-bpe");
   // a small random Llama over GPT-2's 50,257 tokens, with vocab.json + merges.txt beside it
   {
-    dsk::models::LlamaConfig c;
-    c.hidden_size = 32;
-    c.intermediate_size = 64;
-    c.num_hidden_layers = 1;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.vocab_size = 50257;
-    c.max_position_embeddings = 128;
+    auto c = dsk::test::llama_shape(32, 64, 1, 4, 2, 50257, 128);
     c.tie_word_embeddings = true;
     dsk::models::Llama m(c);
     dsk::models::save_model_hf((dir / "gpt2-llama").string(), m, {});

@@ -16,6 +16,7 @@
 #include <variant>
 
 #include "test_util.h"
+#include "unit/models/models_test_util.h"
 
 using dsk::gguf::TensorType;
 namespace gguf = dsk::gguf;
@@ -383,15 +384,7 @@ TEST_CASE("gguf: stories260K export has llama.cpp's metadata, vocabulary and ten
 
 TEST_CASE("gguf: a byte-level BPE tokenizer exports as tokenizer.ggml.model gpt2 with merges and pre", "[export][gguf]") {
   auto tok = dsk::tok::load_gpt2_tokenizer(dsk::test::data_path("gpt2_vocab.json"), dsk::test::data_path("gpt2_merges.txt"));
-  dsk::models::LlamaConfig c;
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 50264;  // padded beyond the tokenizer's 50257
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = false;
+  auto c = dsk::test::llama_shape(32, 64, 1, 4, 2, 50264, 64);  // vocab padded beyond the tokenizer's 50257
   dsk::models::LoadedModel lm;
   lm.config = c;
   lm.model = dsk::models::Llama(c);
@@ -420,15 +413,7 @@ TEST_CASE("gguf: a byte-level BPE tokenizer exports as tokenizer.ggml.model gpt2
 TEST_CASE("gguf: quantized layers of a Half model export as permuted exact blocks, or are refused with the reason",
           "[export][gguf]") {
   auto tok = dsk::tok::load_tokenizer(dsk::test::data_path("tok512.model"));
-  dsk::models::LlamaConfig c;
-  c.hidden_size = 64;
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 512;
-  c.max_position_embeddings = 64;
-  c.rope_style = dsk::models::RopeStyle::Half;
+  auto c = dsk::test::llama_shape(64, 96, 1, 4, 2, 512, 64);  // Half rope
   at::manual_seed(11);
   auto make = [&](const dsk::quant::Scheme& s) {
     dsk::models::LoadedModel lm;

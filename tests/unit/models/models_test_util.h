@@ -13,17 +13,24 @@
 
 namespace dsk::test {
 
+// A Llama config of this shape; every other field keeps LlamaConfig's default (Half rope, untied head, no bias).
+inline models::LlamaConfig llama_shape(int64_t hidden, int64_t ffn, int64_t layers, int64_t heads, int64_t kv_heads,
+                                       int64_t vocab, int64_t max_len) {
+  models::LlamaConfig c;
+  c.hidden_size = hidden;
+  c.intermediate_size = ffn;
+  c.num_hidden_layers = layers;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.vocab_size = vocab;
+  c.max_position_embeddings = max_len;
+  return c;
+}
+
 // 2 layers, C 32, H 4, KV 2 (GQA), D 8, F 48, V 61, max length 40.
 inline models::LlamaConfig tiny_config(models::RopeStyle style = models::RopeStyle::Half, bool tied = false,
                                        bool bias = false) {
-  models::LlamaConfig c;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.vocab_size = 61;
-  c.max_position_embeddings = 40;
+  models::LlamaConfig c = llama_shape(32, 48, 2, 4, 2, 61, 40);
   c.tie_word_embeddings = tied;
   c.attention_bias = bias;
   c.rope_style = style;
