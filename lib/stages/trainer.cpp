@@ -637,7 +637,7 @@ int Trainer::run() {
     // check and the clipping norm are agreed over the ranks.
     profile::enter_phase(ph, Phase::Optimizer);
     mask_gradients();
-  const std::vector<at::Tensor>& grads_here = zero ? owned[static_cast<size_t>(comm->rank())] : trainable_list;
+    const std::vector<at::Tensor>& grads_here = zero ? owned[static_cast<size_t>(comm->rank())] : trainable_list;
     bool finite_grads = !scaler.enabled() || scaler.unscale(grads_here);
     if (scaler.enabled() && zero) {
       at::Tensor overflow = at::tensor({finite_grads ? 0.0 : 1.0}, at::kDouble);
